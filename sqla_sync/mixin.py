@@ -1,0 +1,230 @@
+"""The :class:`Syncable` mixin and the per-model facts capture needs.
+
+Marking a declarative model with ``Syncable`` is all a model needs::
+
+    class Post(Syncable, Base):
+        __tablename__ = "posts"
+        id: Mapped[str] = mapped_column(primary_key=True)
+        title: Mapped[str]
+
+When the model's mapper is constructed, a :class:`ModelInfo` is computed once
+(column keys, primary key, a bit per column for change masks, a JSON codec per
+column) so that no flush ever has to inspect the mapper again.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator, Mapping
+from typing import Any, ClassVar
+
+from sqlalchemy import event, inspect
+from sqlalchemy.orm import Mapper, object_session
+from sqlalchemy.sql.schema import Column, Table
+
+from .codec import Codec, codec_for, dumps, loads
+from .errors import ConfigurationError, UntrackedSessionError
+
+__all__ = ["ModelInfo", "Syncable", "model_info", "synced_models"]
+
+#: Bits 0..61 name one column each; bit 62 stands for every column past the 62nd.
+_MAX_BITS = 62
+
+_MODEL_ATTR = "__sqla_sync_model__"
+TRACKED_ATTR = "_sqla_sync_tracked"
+TRACKED_KEY = "sqla_sync.tracked"
+SUPPRESS_KEY = "sqla_sync.suppress"
+
+
+class ModelInfo:
+    """What capture, push and pull need to know about one synced model.
+
+    :ivar table_name: the key of the model in routes and in the outbox.
+    :ivar keys: attribute keys of the synced columns, in mapper order.
+    :ivar pk_keys: attribute keys of the primary key columns.
+    :ivar codecs: JSON codec per attribute key.
+    :ivar bits: change-mask bit per attribute key.
+    """
+
+    __slots__ = (
+        "_depth",
+        "all_bits",
+        "bits",
+        "codecs",
+        "column_names",
+        "columns",
+        "impls",
+        "keys",
+        "mapper",
+        "pk_codecs",
+        "pk_keys",
+        "table",
+        "table_name",
+    )
+
+    def __init__(self, mapper: Mapper[Any]) -> None:
+        table = mapper.local_table
+        if not isinstance(table, Table):
+            raise ConfigurationError(
+                f"{mapper.class_.__name__} is Syncable but is not mapped to a Table; "
+                "map synced models to a plain table"
+            )
+        self.mapper = mapper
+        self.table = table
+        self.table_name: str = table.name
+        keys: list[str] = []
+        columns: dict[str, Column[Any]] = {}
+        # Mapper.columns is keyed by attribute name and, unlike column_attrs,
+        # does not configure the registry (relationships may not resolve yet).
+        for key, column in mapper.columns.items():
+            if isinstance(column, Column) and column.table is table and key not in columns:
+                keys.append(key)
+                columns[key] = column
+        self.keys: tuple[str, ...] = tuple(keys)
+        self.columns = columns
+        self.column_names = {key: col.name for key, col in columns.items()}
+        self.codecs: dict[str, Codec] = {key: codec_for(col) for key, col in columns.items()}
+        self.bits: dict[str, int] = {
+            key: 1 << min(index, _MAX_BITS) for index, key in enumerate(keys)
+        }
+        self.all_bits = 0
+        for bit in self.bits.values():
+            self.all_bits |= bit
+        by_column: dict[Any, str] = {col: key for key, col in columns.items()}
+        pk_keys = [by_column[col] for col in mapper.primary_key if col in by_column]
+        if not pk_keys:
+            raise ConfigurationError(f"{mapper.class_.__name__} has no primary key")
+        self.pk_keys: tuple[str, ...] = tuple(pk_keys)
+        self.pk_codecs: tuple[Codec, ...] = tuple(self.codecs[k] for k in pk_keys)
+        # Attribute implementations exist once the registry is configured; they
+        # are looked up on first use (see :meth:`impl_for`).
+        self.impls: dict[str, Any] = {}
+        self._depth: int | None = None
+
+    @property
+    def depth(self) -> int:
+        """Length of the longest foreign-key path to a parent table.
+
+        Parents are captured and pushed before children.  Computed on first use,
+        when every referenced table is defined.
+        """
+        if self._depth is None:
+            self._depth = _depth(self.table, set())
+        return self._depth
+
+    def impl_for(self, key: str) -> Any:
+        """The attribute implementation of ``key`` (its ``is_equal`` compares values)."""
+        impl = self.impls.get(key)
+        if impl is None:
+            impl = self.impls[key] = self.mapper.class_manager[key].impl
+        return impl
+
+    def encode_key(self, values: Iterable[Any]) -> str:
+        """The outbox/shadow text of a primary key: a JSON array of its encoded values."""
+        return dumps([codec.encode(v) for codec, v in zip(self.pk_codecs, values)])
+
+    def decode_key(self, text: str) -> tuple[Any, ...]:
+        """The primary key values of a key text written by :meth:`encode_key`."""
+        return tuple(codec.decode(v) for codec, v in zip(self.pk_codecs, loads(text)))
+
+    def encode_row(self, values: Mapping[str, Any]) -> dict[str, Any]:
+        """A JSON-ready dict of the synced column values present in ``values``."""
+        codecs = self.codecs
+        return {key: codecs[key].encode(values[key]) for key in self.keys if key in values}
+
+    def decode_row(self, data: Mapping[str, Any]) -> dict[str, Any]:
+        """Column values from a JSON dict; unknown keys are ignored."""
+        codecs = self.codecs
+        return {key: codecs[key].decode(data[key]) for key in self.keys if key in data}
+
+    def changed_keys(self, mask: int) -> list[str]:
+        """The attribute keys a change mask names."""
+        return [key for key in self.keys if mask & self.bits[key]]
+
+    def __repr__(self) -> str:
+        return f"<ModelInfo {self.table_name} keys={self.keys!r}>"
+
+
+def _depth(table: Table, seen: set[Table]) -> int:
+    seen = seen | {table}
+    parents = {fk.column.table for fk in table.foreign_keys if fk.column.table not in seen}
+    return 1 + max((_depth(p, seen) for p in parents if isinstance(p, Table)), default=-1)
+
+
+def model_info(cls: type[Any]) -> ModelInfo | None:
+    """The :class:`ModelInfo` of a synced mapped class, or None for any other class."""
+    info = cls.__dict__.get(_MODEL_ATTR)
+    return info if isinstance(info, ModelInfo) else None
+
+
+def synced_models() -> Iterator[ModelInfo]:
+    """Every mapped Syncable model defined so far, subclasses included."""
+    seen: set[type[Any]] = set()
+    stack = list(Syncable.__subclasses__())
+    while stack:
+        cls = stack.pop()
+        if cls in seen:
+            continue
+        seen.add(cls)
+        stack.extend(cls.__subclasses__())
+        info = model_info(cls)
+        if info is not None:
+            yield info
+
+
+def _configure(mapper: Mapper[Any], class_: type[Any]) -> None:
+    setattr(class_, _MODEL_ATTR, ModelInfo(mapper))
+
+
+class Syncable:
+    """Mixin for declarative models whose rows are synced with a server.
+
+    Every insert, update and delete of such a model made through a session
+    given to :func:`sqla_sync.track` is recorded in the outbox in the same
+    transaction.  A write through a session that is *not* tracked raises
+    :class:`~sqla_sync.UntrackedSessionError` at flush: a change is never
+    silently left out.
+    """
+
+    __sqla_sync_model__: ClassVar[ModelInfo | None] = None
+
+    def __init_subclass__(cls, **kw: Any) -> None:
+        super().__init_subclass__(**kw)
+        mapper = inspect(cls, raiseerr=False)
+        if isinstance(mapper, Mapper) and mapper.class_ is cls:
+            _configure(mapper, cls)
+        else:
+            event.listen(cls, "after_mapper_constructed", _configure)
+        _install_bulk_guard()
+
+
+def is_tracked(session: Any) -> bool:
+    """Whether ``session`` (a sync Session) has capture listeners installed."""
+    return bool(session.info.get(TRACKED_KEY) or getattr(type(session), TRACKED_ATTR, False))
+
+
+def _guard(mapper: Mapper[Any], connection: Any, target: Any) -> None:
+    session = object_session(target)
+    if session is None or is_tracked(session) or session.info.get(SUPPRESS_KEY):
+        return
+    raise UntrackedSessionError(
+        f"{type(target).__name__} is Syncable but was written through a session that "
+        "sqla_sync does not track, so the change would never be synced; call "
+        "sqla_sync.track() on that session, its sessionmaker or its class first"
+    )
+
+
+for _name in ("before_insert", "before_update", "before_delete"):
+    event.listen(Syncable, _name, _guard, propagate=True)
+
+
+def _install_bulk_guard() -> None:
+    # ORM bulk statements do not go through mapper events; one class-level
+    # do_orm_execute listener, installed once the first synced model exists,
+    # refuses them in untracked sessions.  It returns after one attribute
+    # check for anything but INSERT/UPDATE/DELETE.
+    from sqlalchemy.orm import Session
+
+    from .capture import bulk_guard
+
+    if not event.contains(Session, "do_orm_execute", bulk_guard):
+        event.listen(Session, "do_orm_execute", bulk_guard)

@@ -1,0 +1,355 @@
+"""Capture rules, compaction, transactions and bulk statements on every dialect."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from sqlalchemy import Engine, delete, insert, select, update
+from sqlalchemy.orm import Session, sessionmaker
+
+from sqla_sync import (
+    UnsupportedStatementError,
+    UntrackedSessionError,
+    suppress_capture,
+    track,
+    untrack,
+)
+from sqla_sync.mixin import model_info
+from sqla_sync.outbox import OutboxOp, pending_ops
+from sqla_sync.tables import outbox
+from tests.conftest import FakeClock, StatementCounter
+from tests.models import Comment, Local, Post, Tenanted
+
+
+@pytest.fixture
+def clock() -> FakeClock:
+    return FakeClock()
+
+
+@pytest.fixture
+def Sess(engine: Engine, clock: FakeClock) -> Iterator[sessionmaker[Session]]:
+    maker = sessionmaker(engine, expire_on_commit=False)
+    track(maker, clock=clock)
+    yield maker
+    untrack(maker)
+
+
+def ops(engine: Engine) -> list[OutboxOp]:
+    with engine.connect() as conn:
+        return pending_ops(conn)
+
+
+def summary(engine: Engine) -> list[tuple[str, Any, str, list[str]]]:
+    """(table, key, op, changed columns) of every pending op, oldest first."""
+    result = []
+    for op in ops(engine):
+        info = next(
+            m for m in (model_info(Post), model_info(Comment), model_info(Tenanted))
+            if m is not None and m.table_name == op.table_name
+        )
+        key = info.decode_key(op.row_key)
+        result.append((op.table_name, key[0] if len(key) == 1 else key, op.op,
+                       info.changed_keys(op.changed) if op.op == "update" else []))
+    return result
+
+
+def test_insert_update_delete_are_captured(engine: Engine, Sess: sessionmaker[Session],
+                                           clock: FakeClock) -> None:
+    with Sess() as s:
+        s.add(Post(id="p1", title="one"))
+        s.commit()
+    assert summary(engine) == [("posts", "p1", "insert", [])]
+    [op] = ops(engine)
+    assert op.changed_at == clock.now and op.created_at == clock.now
+    assert op.state is None  # read at push time
+
+    with engine.begin() as conn:  # as if pushed
+        conn.execute(delete(outbox))
+    clock.advance(5)
+    with Sess() as s:
+        s.get(Post, "p1").title = "uno"  # type: ignore[union-attr]
+        s.commit()
+    assert summary(engine) == [("posts", "p1", "update", ["title"])]
+    assert ops(engine)[0].changed_at == clock.now
+
+    with engine.begin() as conn:
+        conn.execute(delete(outbox))
+    with Sess() as s:
+        s.delete(s.get(Post, "p1"))
+        s.commit()
+    [op] = ops(engine)
+    assert (op.op, op.state) == ("delete", {"id": "p1", "title": "uno", "body": ""})
+
+
+def test_noop_set_and_untouched_rows_are_not_captured(engine: Engine,
+                                                      Sess: sessionmaker[Session]) -> None:
+    with Sess() as s:
+        s.add(Post(id="p1", title="one"))
+        s.commit()
+        with engine.begin() as conn:
+            conn.execute(delete(outbox))
+        post = s.get(Post, "p1")
+        assert post is not None
+        post.title = "one"  # same value
+        s.add(Local(text="not synced"))
+        s.commit()
+    assert ops(engine) == []
+
+
+def test_rollback_leaves_no_op_and_commit_exactly_one(engine: Engine,
+                                                      Sess: sessionmaker[Session]) -> None:
+    with Sess() as s:
+        s.add(Post(id="p1", title="one"))
+        s.flush()
+        assert len(ops_in(s)) == 1  # written inside the transaction
+        s.rollback()
+    assert ops(engine) == []
+    with Sess() as s:
+        post = Post(id="p1", title="one")
+        s.add(post)
+        s.flush()
+        post.title = "two"
+        s.flush()
+        post.body = "text"
+        s.commit()
+    assert summary(engine) == [("posts", "p1", "insert", [])]
+
+
+def ops_in(s: Session) -> list[Any]:
+    return list(s.connection().execute(select(outbox.c.row_key, outbox.c.op)))
+
+
+def test_savepoint_rollback_drops_its_ops(engine: Engine, Sess: sessionmaker[Session]) -> None:
+    with Sess() as s:
+        s.add(Post(id="keep", title="kept"))
+        nested = s.begin_nested()
+        s.add(Post(id="gone", title="rolled back"))
+        s.flush()
+        nested.rollback()
+        with s.begin_nested():
+            s.add(Post(id="inner", title="committed savepoint"))
+        s.commit()
+    assert sorted(k for _, k, _, _ in summary(engine)) == ["inner", "keep"]
+
+
+@pytest.mark.parametrize(
+    ("first", "second", "expected"),
+    [
+        ("insert", "update", [("posts", "p1", "insert", [])]),
+        ("insert", "delete", []),
+        ("update", "update", [("posts", "p1", "update", ["title", "body"])]),
+        ("update", "delete", [("posts", "p1", "delete", [])]),
+        ("delete", "insert", [("posts", "p1", "update", ["id", "title", "body"])]),
+    ],
+)
+def test_compaction_across_transactions(engine: Engine, Sess: sessionmaker[Session],
+                                        first: str, second: str,
+                                        expected: list[Any]) -> None:
+    if first != "insert":
+        with Sess() as s:
+            s.add(Post(id="p1", title="one"))
+            s.commit()
+        with engine.begin() as conn:
+            conn.execute(delete(outbox))
+
+    def apply(step: str, n: int) -> None:
+        with Sess() as s:
+            if step == "insert":
+                s.add(Post(id="p1", title="again" if first == "delete" else "one"))
+            elif step == "update":
+                post = s.get(Post, "p1")
+                assert post is not None
+                if n == 0:
+                    post.title = "changed"
+                else:
+                    post.body = "changed too"
+            else:
+                s.delete(s.get(Post, "p1"))
+            s.commit()
+
+    apply(first, 0)
+    apply(second, 1)
+    assert summary(engine) == expected
+
+
+def test_claimed_op_absorbs_no_new_change(engine: Engine, Sess: sessionmaker[Session]) -> None:
+    with Sess() as s:
+        s.add(Post(id="p1", title="one"))
+        s.commit()
+    [op] = ops(engine)
+    with engine.begin() as conn:  # what a push does when it claims an op
+        conn.execute(update(outbox).where(outbox.c.id == op.id).values(lane=op.id))
+    with Sess() as s:
+        s.get(Post, "p1").title = "two"  # type: ignore[union-attr]
+        s.commit()
+    assert summary(engine) == [("posts", "p1", "insert", []), ("posts", "p1", "update", ["title"])]
+
+
+def test_primary_key_change_is_delete_then_insert(engine: Engine,
+                                                  Sess: sessionmaker[Session]) -> None:
+    with Sess() as s:
+        s.add(Post(id="old", title="t"))
+        s.commit()
+    with engine.begin() as conn:
+        conn.execute(delete(outbox))
+    with Sess() as s:
+        s.get(Post, "old").id = "new"  # type: ignore[union-attr]
+        s.commit()
+    assert sorted(summary(engine)) == [("posts", "new", "insert", []),
+                                       ("posts", "old", "delete", [])]
+
+
+def test_composite_primary_keys(engine: Engine, Sess: sessionmaker[Session]) -> None:
+    with Sess() as s:
+        s.add_all([Tenanted(tenant="acme", number=1, label="a"),
+                   Tenanted(tenant="acme", number=2, label="b")])
+        s.commit()
+        with engine.begin() as conn:
+            conn.execute(delete(outbox))
+        s.get(Tenanted, ("acme", 1)).label = "A"  # type: ignore[union-attr]
+        s.delete(s.get(Tenanted, ("acme", 2)))
+        s.commit()
+    assert summary(engine) == [("tenanted", ("acme", 1), "update", ["label"]),
+                               ("tenanted", ("acme", 2), "delete", [])]
+
+
+def test_parent_and_child_in_one_flush_keep_parent_first(engine: Engine,
+                                                         Sess: sessionmaker[Session]) -> None:
+    with Sess() as s:
+        post = Post(id="p1", title="t")
+        post.comments.append(Comment(id="c1", content="hi"))
+        s.add(post)
+        s.commit()
+    assert [t for t, _, _, _ in summary(engine)] == ["posts", "comments"]
+
+
+# -- bulk statements ---------------------------------------------------------
+
+
+def test_bulk_insert_with_keys_is_captured(engine: Engine, Sess: sessionmaker[Session]) -> None:
+    with Sess() as s:
+        s.execute(insert(Post), [{"id": f"p{i}", "title": str(i)} for i in range(3)])
+        s.commit()
+    assert summary(engine) == [("posts", f"p{i}", "insert", []) for i in range(3)]
+
+
+def test_bulk_insert_without_keys_is_refused(engine: Engine, Sess: sessionmaker[Session]) -> None:
+    with Sess() as s, pytest.raises(UnsupportedStatementError, match="primary key"):
+        s.execute(insert(Post), [{"title": "no id"}])
+    assert ops(engine) == []
+
+
+def test_bulk_update_and_delete_with_where(engine: Engine, Sess: sessionmaker[Session]) -> None:
+    with Sess() as s:
+        s.add_all([Post(id=f"p{i}", title="draft" if i < 3 else "final") for i in range(5)])
+        s.commit()
+    with engine.begin() as conn:
+        conn.execute(delete(outbox))
+    with Sess() as s:
+        result = s.execute(update(Post).where(Post.title == "draft").values(body="b"))
+        assert result.rowcount == 3  # the caller's result is untouched
+        s.execute(delete(Post).where(Post.id == "p4"))
+        s.commit()
+    assert summary(engine) == [("posts", f"p{i}", "update", ["body"]) for i in range(3)] + [
+        ("posts", "p4", "delete", [])
+    ]
+    assert ops(engine)[-1].state == {"id": "p4", "title": "final", "body": ""}
+
+
+def test_bulk_update_by_primary_key_folds_into_pending_insert(
+    engine: Engine, Sess: sessionmaker[Session]
+) -> None:
+    with Sess() as s:
+        s.add_all([Post(id="p1", title="a"), Post(id="p2", title="b")])
+        s.commit()
+        s.execute(update(Post), [{"id": "p1", "title": "A"}, {"id": "p2", "body": "B"}])
+        s.commit()
+    assert summary(engine) == [("posts", "p1", "insert", []), ("posts", "p2", "insert", [])]
+
+
+def test_bulk_delete_of_pending_insert_leaves_nothing(engine: Engine,
+                                                     Sess: sessionmaker[Session]) -> None:
+    with Sess() as s:
+        s.add_all([Post(id="p1", title="a"), Post(id="p2", title="b")])
+        s.commit()
+        s.execute(delete(Post).where(Post.id == "p1"))
+        s.commit()
+    assert summary(engine) == [("posts", "p2", "insert", [])]
+
+
+# -- untracked sessions and suppression --------------------------------------
+
+
+def test_untracked_session_is_refused(engine: Engine) -> None:
+    with Session(engine) as s:
+        s.add(Post(id="p1", title="t"))
+        with pytest.raises(UntrackedSessionError, match="track"):
+            s.flush()
+        s.rollback()
+        with pytest.raises(UntrackedSessionError, match="track"):
+            s.execute(update(Post).values(title="x"))
+        s.add(Local(text="plain models are fine"))
+        s.commit()
+    with engine.connect() as conn:
+        assert conn.execute(select(Post)).all() == []
+
+
+def test_untrack_restores_refusal_and_track_is_idempotent(engine: Engine,
+                                                          clock: FakeClock) -> None:
+    maker = sessionmaker(engine)
+    track(maker, clock=clock)
+    track(maker, clock=clock)  # twice: still one op per change
+    with maker() as s:
+        s.add(Post(id="p1", title="t"))
+        s.commit()
+    assert len(ops(engine)) == 1
+    untrack(maker)
+    untrack(maker)
+    with maker() as s:
+        s.add(Post(id="p2", title="t"))
+        with pytest.raises(UntrackedSessionError):
+            s.commit()
+
+
+def test_tracking_one_session_instance(engine: Engine) -> None:
+    with Session(engine) as s:
+        track(s)
+        s.add(Post(id="p1", title="t"))
+        s.commit()
+    assert len(ops(engine)) == 1
+
+
+def test_suppressed_writes_are_not_captured(engine: Engine, Sess: sessionmaker[Session]) -> None:
+    with Sess() as s:
+        with suppress_capture(s):
+            s.add(Post(id="from-server", title="pulled"))
+            s.flush()
+            s.execute(update(Post).values(body="pulled too"))
+        s.add(Post(id="local", title="mine"))
+        s.commit()
+    with Session(engine) as s, suppress_capture(s):  # untracked: allowed while suppressed
+        s.get(Post, "from-server").title = "resolved"  # type: ignore[union-attr]
+        s.commit()
+    assert summary(engine) == [("posts", "local", "insert", [])]
+
+
+# -- statement counts -------------------------------------------------------
+
+
+@pytest.mark.parametrize("rows", [1, 10, 200])
+def test_capture_adds_constant_statements_per_flush(engine: Engine, Sess: sessionmaker[Session],
+                                                    rows: int) -> None:
+    with Sess() as s, StatementCounter(engine) as counter:
+        s.add_all([Post(id=f"p{i}", title="t") for i in range(rows)])
+        s.flush()
+        inserts = counter.count
+        for post in s.query(Post).all():
+            post.title = "changed"
+        s.flush()
+        s.commit()
+    outbox_statements = [x for x in counter.statements if "sqla_sync_outbox" in x]
+    # One upsert for the inserts, one for the updates, however many rows.
+    assert len(outbox_statements) == 2
+    assert inserts <= (rows if engine.dialect.name == "mysql" else 1) + 2
