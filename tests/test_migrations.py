@@ -1,0 +1,87 @@
+"""The alembic branch creates exactly the tables of ``sqla_sync.tables`` and removes them."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from alembic import command
+from alembic.autogenerate import compare_metadata
+from alembic.config import Config
+from alembic.migration import MigrationContext
+from sqlalchemy import Engine, inspect
+
+from sqla_sync.tables import metadata
+from tests.conftest import reset_schema
+from tests.models import Base
+
+SYNC_TABLES = {"sqla_sync_outbox", "sqla_sync_checkpoints", "sqla_sync_rows", "sqla_sync_leases"}
+
+APP_ENV = '''
+from alembic import context
+connection = context.config.attributes["connection"]
+context.configure(connection=connection, target_metadata=None)
+with context.begin_transaction():
+    context.run_migrations()
+'''
+
+APP_REVISION = '''
+"""the application's own table"""
+import sqlalchemy as sa
+from alembic import op
+revision = "app0001"
+down_revision = None
+branch_labels = ("app",)
+depends_on = None
+def upgrade():
+    op.create_table("app_things", sa.Column("id", sa.Integer, primary_key=True))
+def downgrade():
+    op.drop_table("app_things")
+'''
+
+
+def app_alembic(tmp_path: Path) -> Config:
+    """An application's alembic setup that lists the library's branch in version_locations."""
+    script = tmp_path / "alembic"
+    (script / "versions").mkdir(parents=True)
+    (script / "env.py").write_text(APP_ENV)
+    (script / "versions" / "app0001_things.py").write_text(APP_REVISION)
+    ini = tmp_path / "alembic.ini"
+    ini.write_text(
+        "[alembic]\n"
+        "path_separator = space\n"
+        f"script_location = {script}\n"
+        f"version_locations = {script / 'versions'} sqla_sync.migrations:versions\n"
+    )
+    return Config(str(ini))
+
+
+def test_upgrade_then_downgrade(engine: Engine, tmp_path: Path) -> None:
+    with engine.begin() as conn:
+        metadata.drop_all(conn)
+        Base.metadata.drop_all(conn)
+    cfg = app_alembic(tmp_path)
+    with engine.begin() as conn:
+        cfg.attributes["connection"] = conn
+        command.upgrade(cfg, "heads")
+    names = set(inspect(engine).get_table_names())
+    assert SYNC_TABLES | {"app_things"} <= names
+    with engine.connect() as conn:
+        context = MigrationContext.configure(
+            conn,
+            opts={"include_name": lambda name, kind, parent: kind != "table"
+                  or str(name).startswith("sqla_sync_")},
+        )
+        diffs = compare_metadata(context, metadata)
+    assert diffs == []
+
+    with engine.begin() as conn:
+        cfg.attributes["connection"] = conn
+        command.downgrade(cfg, "sqla_sync@base")
+    names = set(inspect(engine).get_table_names())
+    assert not SYNC_TABLES & names
+    assert "app_things" in names  # the application's branch is left alone
+
+    with engine.begin() as conn:
+        cfg.attributes["connection"] = conn
+        command.downgrade(cfg, "app@base")
+    reset_schema(engine, Base.metadata)
