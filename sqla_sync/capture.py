@@ -155,11 +155,13 @@ class _Batch:
         self.now = now
         self.ops: dict[tuple[str, str], list[Any]] = {}
 
-    def add(self, info: ModelInfo, key: str, op: str, mask: int, state: str | None) -> None:
+    def add(
+        self, info: ModelInfo, key: str, op: str, mask: int, state: str | None, order: int = 0
+    ) -> None:
         slot = (info.table_name, key)
         known = self.ops.get(slot)
         if known is None:
-            self.ops[slot] = [op, mask, state, info]
+            self.ops[slot] = [op, mask, state, info, order]
             return
         known[0] = fold(known[0], op)
         known[1] |= mask
@@ -170,7 +172,7 @@ class _Batch:
         updates before children's, children's deletes before parents'."""
         now = self.now
         out = []
-        for (table_name, key), (op, mask, state, info) in self.ops.items():
+        for (table_name, key), (op, mask, state, info, order) in self.ops.items():
             if op == _NONE:
                 # Created and deleted within this batch: nothing to record.
                 continue
@@ -184,9 +186,12 @@ class _Batch:
                 "changed_at": now,
                 "created_at": now,
             }
-            out.append((info, row))
-        out.sort(key=lambda item: -item[0].depth if item[1]["op"] == OP_DELETE else item[0].depth)
-        return out
+            depth = -info.depth if op == OP_DELETE else info.depth
+            out.append(((depth, order, key), info, row))
+        # The flush's own order within a table (objects added first get lower
+        # ids), since the unit of work hands its states over unordered.
+        out.sort(key=lambda item: item[0])
+        return [(info, row) for _, info, row in out]
 
 
 # -- the listeners -----------------------------------------------------------
@@ -216,7 +221,8 @@ class _Capture:
                 ident = state.key[1] if state.key is not None else _pk(info, d)
                 batch.add(info, info.encode_key(ident), OP_DELETE, 0, dumps(info.encode_row(d)))
             elif state.key is None:
-                batch.add(info, info.encode_key(_pk(info, d)), OP_INSERT, info.all_bits, None)
+                batch.add(info, info.encode_key(_pk(info, d)), OP_INSERT, info.all_bits, None,
+                          state.insert_order or 0)
             else:
                 committed = state.committed_state
                 if not committed:
