@@ -2,31 +2,85 @@
 
 An application writes through the ordinary ORM; every change of a
 :class:`Syncable` model is captured, in the same transaction, into an outbox
-that a sync engine pushes to an existing REST API.
+that a sync engine pushes to an existing REST API through declared routes.
 """
 
 from .capture import suppress_capture, track, untrack
+from .config import Leader, Observability, Schedule, SyncConfig
+from .conflicts import Conflict, Conflicts
+from .engine import SyncEngine, start_sync
 from .errors import (
+    AuthRequiredError,
     ConfigurationError,
+    ForbiddenRedirectError,
     ReadOnlyTableError,
+    ResponseError,
+    RouteError,
     SyncError,
+    TransportError,
     UnsupportedDialectError,
     UnsupportedStatementError,
     UntrackedSessionError,
 )
 from .mixin import Syncable
+from .outbox import DeadLetter
+from .push import PushResult
+from .retry import Errors
+from .routes import (
+    BodyCursor,
+    Cursor,
+    NextLink,
+    Offset,
+    PageNumber,
+    Pull,
+    Push,
+    Request,
+    Routes,
+    RouteTable,
+    define_routes,
+)
 from .tables import create_tables, drop_tables
+from .transport import Auth, AuthFailure
 
 __all__ = [
+    "Auth",
+    "AuthFailure",
+    "AuthRequiredError",
+    "BodyCursor",
     "ConfigurationError",
+    "Conflict",
+    "Conflicts",
+    "Cursor",
+    "DeadLetter",
+    "Errors",
+    "ForbiddenRedirectError",
+    "Leader",
+    "NextLink",
+    "Observability",
+    "Offset",
+    "PageNumber",
+    "Pull",
+    "Push",
+    "PushResult",
     "ReadOnlyTableError",
+    "Request",
+    "ResponseError",
+    "RouteError",
+    "RouteTable",
+    "Routes",
+    "Schedule",
+    "SyncConfig",
+    "SyncEngine",
     "SyncError",
     "Syncable",
+    "TransportError",
     "UnsupportedDialectError",
     "UnsupportedStatementError",
     "UntrackedSessionError",
     "create_tables",
+    "define_routes",
     "drop_tables",
+    "start_sync",
     "suppress_capture",
     "track",
     "untrack",

@@ -9,9 +9,14 @@ header value.
 from __future__ import annotations
 
 __all__ = [
+    "AuthRequiredError",
     "ConfigurationError",
+    "ForbiddenRedirectError",
     "ReadOnlyTableError",
+    "ResponseError",
+    "RouteError",
     "SyncError",
+    "TransportError",
     "UnsupportedDialectError",
     "UnsupportedStatementError",
     "UntrackedSessionError",
@@ -43,3 +48,38 @@ class UnsupportedDialectError(SyncError):
 
 class ReadOnlyTableError(SyncError):
     """A local write to a table whose routes only pull from the server."""
+
+
+class RouteError(SyncError):
+    """A route cannot build a request for a row (a missing field, a forbidden id)."""
+
+
+class TransportError(SyncError):
+    """The request did not get a usable answer: connection error, timeout, garbage.
+
+    Retried with backoff.  ``status`` is the HTTP status when there was one.
+    """
+
+    def __init__(self, message: str, *, status: int | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+class ResponseError(SyncError):
+    """The server answered with a status the library does not take as success."""
+
+    def __init__(self, message: str, *, status: int, retry_after: float | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+        self.retry_after = retry_after
+
+
+class AuthRequiredError(SyncError):
+    """The server still refuses the credentials after ``max_auth_retries`` refreshes.
+
+    Push pauses; pending ops stay pending until credentials work again.
+    """
+
+
+class ForbiddenRedirectError(SyncError):
+    """A redirect or next-page link points at another origin than ``base_url``."""

@@ -47,6 +47,7 @@ class ModelInfo:
 
     __slots__ = (
         "_depth",
+        "_parents",
         "all_bits",
         "bits",
         "codecs",
@@ -99,6 +100,7 @@ class ModelInfo:
         # are looked up on first use (see :meth:`impl_for`).
         self.impls: dict[str, Any] = {}
         self._depth: int | None = None
+        self._parents: list[tuple[str, tuple[str, ...]]] | None = None
 
     @property
     def depth(self) -> int:
@@ -110,6 +112,26 @@ class ModelInfo:
         if self._depth is None:
             self._depth = _depth(self.table, set())
         return self._depth
+
+    @property
+    def parents(self) -> list[tuple[str, tuple[str, ...]]]:
+        """Foreign keys to other tables' primary keys: ``(parent table, local keys)``.
+
+        The local attribute keys are in the order of the parent's primary key,
+        so ``parent_info.encode_key(row[k] for k in keys)`` is the parent's row key.
+        """
+        if self._parents is None:
+            by_column = {col: key for key, col in self.columns.items()}
+            parents = []
+            for fk in self.table.foreign_key_constraints:
+                referred = fk.referred_table
+                pk = list(referred.primary_key.columns)
+                pairs = {elem.column: elem.parent for elem in fk.elements}
+                if set(pairs) != set(pk) or not all(pairs[c] in by_column for c in pk):
+                    continue
+                parents.append((referred.name, tuple(by_column[pairs[c]] for c in pk)))
+            self._parents = parents
+        return self._parents
 
     def impl_for(self, key: str) -> Any:
         """The attribute implementation of ``key`` (its ``is_equal`` compares values)."""

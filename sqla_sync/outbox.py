@@ -8,22 +8,34 @@ one row), so they stay cheap with a million pending ops.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Sequence
+import uuid
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
-from sqlalchemy import func, select
+from sqlalchemy import bindparam, delete, func, select, update
 from sqlalchemy.engine import Connection, Row
 
-from .codec import loads
+from .codec import dumps, loads
 from .tables import STATUS_DEAD, STATUS_PENDING, outbox
 
 __all__ = [
+    "DeadLetter",
     "OutboxOp",
+    "bury",
+    "claim",
+    "complete",
     "dead_letter_count",
+    "dead_letters",
+    "dead_rows",
+    "error_record",
     "oldest_pending_age",
     "ops_for_row",
+    "pending_masks",
     "pending_ops",
     "queue_depth",
+    "release",
+    "reschedule",
+    "revive",
 ]
 
 
@@ -126,3 +138,156 @@ def oldest_pending_age(conn: Connection, now: float) -> float | None:
     )
     created = conn.execute(stmt).scalar_one_or_none()
     return None if created is None else max(0.0, now - created)
+
+
+# -- the write side: claim, complete, retry, dead-letter ----------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class DeadLetter:
+    """An op given up on; ``retry_dead_letter(id)`` puts it back in the queue.
+
+    Holds no header and no secret: the error text is redacted before it is stored.
+    """
+
+    id: int
+    table_name: str
+    row_key: str
+    op: str
+    error: str
+    status: int | None
+    method: str | None
+    url: str | None
+    attempts: int
+    changed_at: float
+
+
+def error_record(
+    error: str, *, status: int | None = None, method: str | None = None, url: str | None = None
+) -> str:
+    """The ``last_error`` text of an op: a small JSON object (already redacted)."""
+    return dumps({"error": error, "status": status, "method": method, "url": url})
+
+
+def _error_fields(text: str | None) -> dict[str, Any]:
+    if not text:
+        return {"error": "", "status": None, "method": None, "url": None}
+    try:
+        data = loads(text)
+    except ValueError:
+        return {"error": text, "status": None, "method": None, "url": None}
+    return data if isinstance(data, dict) else {"error": text}
+
+
+def claim(conn: Connection, ops: Sequence[OutboxOp], now: float) -> dict[int, str]:
+    """Mark ``ops`` in flight: each moves to its own lane (so no later change
+    folds into it) and gets its Idempotency-Key, kept for every attempt.
+
+    :return: op id -> idempotency key.
+    """
+    keys = {op.id: op.idempotency_key or uuid.uuid4().hex for op in ops}
+    conn.execute(
+        update(outbox)
+        .where(outbox.c.id == bindparam("op_id"))
+        .values(lane=bindparam("op_id"), claimed_at=now, idempotency_key=bindparam("key")),
+        [{"op_id": op_id, "key": key} for op_id, key in keys.items()],
+    )
+    return keys
+
+
+def complete(conn: Connection, ids: Iterable[int]) -> None:
+    """Remove ops the server has applied (or that became pointless)."""
+    params = [{"op_id": i} for i in ids]
+    if params:
+        conn.execute(delete(outbox).where(outbox.c.id == bindparam("op_id")), params)
+
+
+def reschedule(conn: Connection, rows: Sequence[Mapping[str, Any]]) -> None:
+    """Record failed attempts: dicts with op_id, attempts, next_attempt_at, last_error."""
+    if rows:
+        conn.execute(
+            update(outbox)
+            .where(outbox.c.id == bindparam("op_id"))
+            .values(attempts=bindparam("attempts"), next_attempt_at=bindparam("next_at"),
+                    last_error=bindparam("error"), claimed_at=None),
+            [{"op_id": r["op_id"], "attempts": r["attempts"], "next_at": r["next_attempt_at"],
+              "error": r["last_error"]} for r in rows],
+        )
+
+
+def bury(conn: Connection, rows: Sequence[Mapping[str, Any]]) -> None:
+    """Make ops dead letters: dicts with op_id, attempts, last_error."""
+    if rows:
+        conn.execute(
+            update(outbox)
+            .where(outbox.c.id == bindparam("op_id"))
+            .values(status=STATUS_DEAD, attempts=bindparam("attempts"),
+                    last_error=bindparam("error"), claimed_at=None),
+            [{"op_id": r["op_id"], "attempts": r["attempts"], "error": r["last_error"]}
+             for r in rows],
+        )
+
+
+def release(conn: Connection, ids: Iterable[int]) -> None:
+    """Give claimed ops back untried (push paused); they keep their lane and key."""
+    params = [{"op_id": i} for i in ids]
+    if params:
+        conn.execute(
+            update(outbox).where(outbox.c.id == bindparam("op_id")).values(claimed_at=None),
+            params,
+        )
+
+
+def dead_rows(conn: Connection) -> set[tuple[str, str]]:
+    """(table, row key) of every row with a dead letter: their later ops wait."""
+    stmt = select(outbox.c.table_name, outbox.c.row_key).where(outbox.c.status == STATUS_DEAD)
+    return {(t, k) for t, k in conn.execute(stmt)}
+
+
+def dead_letters(conn: Connection) -> list[DeadLetter]:
+    """Every dead letter, oldest first."""
+    stmt = select(outbox).where(outbox.c.status == STATUS_DEAD).order_by(outbox.c.id)
+    result = []
+    for row in conn.execute(stmt).mappings():
+        fields = _error_fields(row["last_error"])
+        result.append(DeadLetter(
+            id=row["id"], table_name=row["table_name"], row_key=row["row_key"], op=row["op"],
+            error=str(fields.get("error") or ""), status=fields.get("status"),
+            method=fields.get("method"), url=fields.get("url"), attempts=row["attempts"],
+            changed_at=row["changed_at"],
+        ))
+    return result
+
+
+def revive(conn: Connection, op_id: int) -> bool:
+    """Put a dead letter back in the queue with fresh retries; False if there is none."""
+    result = conn.execute(
+        update(outbox)
+        .where(outbox.c.id == op_id, outbox.c.status == STATUS_DEAD)
+        .values(status=STATUS_PENDING, attempts=0, next_attempt_at=0.0, claimed_at=None)
+    )
+    return bool(result.rowcount)
+
+
+def pending_masks(
+    conn: Connection, table_name: str, keys: Iterable[str], exclude: Iterable[int]
+) -> dict[str, int]:
+    """Union of the change masks of pending ops per row key, ``exclude`` ids left out.
+
+    Push uses it so that writing the server's answer back never overwrites a
+    column changed locally while the request was in flight.
+    """
+    wanted = list(dict.fromkeys(keys))
+    skip = set(exclude)
+    masks: dict[str, int] = {}
+    for start in range(0, len(wanted), 500):
+        stmt = select(outbox.c.id, outbox.c.row_key, outbox.c.changed, outbox.c.op).where(
+            outbox.c.table_name == table_name,
+            outbox.c.row_key.in_(wanted[start : start + 500]),
+            outbox.c.status == STATUS_PENDING,
+        )
+        for op_id, key, changed, op in conn.execute(stmt):
+            if op_id in skip:
+                continue
+            masks[key] = masks.get(key, 0) | (-1 if op != "update" else changed)
+    return masks

@@ -74,3 +74,41 @@ class Local(Base):
     __tablename__ = "local_notes"
     id: Mapped[int] = mapped_column(primary_key=True)
     text: Mapped[str] = mapped_column(String(100))
+
+
+class Article(Syncable, Base):
+    """Client-generated ids; pushed to the backend's /api/posts."""
+
+    __tablename__ = "articles"
+    id: Mapped[str] = mapped_column(String(200), primary_key=True)
+    title: Mapped[str] = mapped_column(String(200))
+    body: Mapped[str | None] = mapped_column(String(2000), default=None)
+    updated_at: Mapped[str | None] = mapped_column(String(40), default=None)
+    version: Mapped[int | None] = mapped_column(default=None)
+
+
+class Remark(Syncable, Base):
+    """A child of Article; pushed to /api/comments."""
+
+    __tablename__ = "remarks"
+    id: Mapped[str] = mapped_column(String(200), primary_key=True)
+    article_id: Mapped[str] = mapped_column(ForeignKey("articles.id"))
+    content: Mapped[str] = mapped_column(String(2000))
+
+
+class Ledger(Syncable, Base):
+    """Server-assigned ids: created offline with a negative temporary id."""
+
+    __tablename__ = "ledgers"
+    id: Mapped[int] = mapped_column(primary_key=True, autoincrement=False)
+    title: Mapped[str] = mapped_column(String(200))
+    version: Mapped[int | None] = mapped_column(default=None)
+
+
+class Entry(Syncable, Base):
+    """A child of Ledger whose foreign key must follow the parent's server id."""
+
+    __tablename__ = "entries"
+    id: Mapped[int] = mapped_column(primary_key=True, autoincrement=False)
+    ledger_id: Mapped[int] = mapped_column(ForeignKey("ledgers.id"))
+    content: Mapped[str] = mapped_column(String(2000))

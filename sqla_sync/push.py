@@ -1,0 +1,606 @@
+"""Push: the outbox, in order, to the server through the declared routes.
+
+One push pass repeats a *wave* until nothing is left to send:
+
+1. choose ops: FIFO per row; a row's later op waits for its earlier one, a
+   child waits for its parent's pending op, a parent's delete waits for its
+   children's ops, and a dead letter holds back its own row and its
+   dependents (never unrelated rows); ops not yet due for a retry wait too;
+2. claim them in one transaction (each moves to its own lane and gets its
+   Idempotency-Key) and read their rows as they are now;
+3. send them, ``push_concurrency`` at a time;
+4. record every outcome in one transaction: done ops leave the outbox and the
+   server's answer is written back to the row (server-assigned ids are
+   remapped in the row, the shadow, pending ops and children's foreign keys);
+   failed ones are rescheduled with backoff or become dead letters.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import random
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+from sqlalchemy import Engine, and_, delete, exists, insert, select, tuple_, update
+from sqlalchemy.engine import Connection
+
+from . import outbox as ob
+from . import shadow
+from .codec import dumps, loads
+from .errors import AuthRequiredError, ForbiddenRedirectError, RouteError, TransportError
+from .mixin import ModelInfo, synced_models
+from .outbox import DeadLetter, OutboxOp
+from .retry import Errors, classify, parse_retry_after, retry_delay
+from .routes import DEFAULT_BODY, RouteTable, TableRoutes, render_path
+from .tables import OP_DELETE, OP_INSERT, OP_UPDATE, STATUS_PENDING, outbox
+from .transport import NO_BODY, Answer, Transport
+
+__all__ = ["PushResult", "Pusher", "TableCounts"]
+
+log = logging.getLogger(__name__)
+
+Emit = Callable[..., None]
+Fence = Callable[[Connection], None]
+RowKey = tuple[str, str]
+
+
+@dataclasses.dataclass(frozen=True)
+class TableCounts:
+    """What one push did to one table."""
+
+    pushed: int = 0
+    failed: int = 0
+    conflicts: int = 0
+    dead_lettered: int = 0
+
+
+@dataclasses.dataclass(frozen=True)
+class PushResult:
+    """The outcome of one push pass.
+
+    :ivar pushed: ops the server applied.
+    :ivar failed: ops that failed and were rescheduled for a retry.
+    :ivar conflicts: ops the server answered with a conflict.
+    :ivar dead_lettered: ops given up on in this pass.
+    :ivar held_back: pending ops that waited (not due, behind another op or
+        a dead letter).
+    :ivar auth_required: push stopped because the credentials are refused.
+    """
+
+    pushed: int = 0
+    failed: int = 0
+    conflicts: int = 0
+    dead_lettered: int = 0
+    held_back: int = 0
+    auth_required: bool = False
+    duration: float = 0.0
+    tables: Mapping[str, TableCounts] = dataclasses.field(default_factory=dict)
+
+
+@dataclasses.dataclass
+class _Outcome:
+    op: OutboxOp
+    kind: str  # ok | retry | dead | conflict | auth | skip
+    answer: Answer | None = None
+    error: str = ""
+    status: int | None = None
+    retry_after: float | None = None
+    method: str | None = None
+    path: str | None = None
+    server_row: Any = None
+    sent_item: dict[str, Any] | None = None
+    local_row: dict[str, Any] | None = None
+
+
+class Pusher:
+    """Sends the outbox of one database through one transport."""
+
+    def __init__(
+        self,
+        db: Engine,
+        routes: RouteTable,
+        transport: Transport,
+        *,
+        errors: Errors,
+        batch_size: int = 10,
+        concurrency: int = 1,
+        clock: Callable[[], float] = time.time,
+        rng: random.Random | None = None,
+        emit: Emit | None = None,
+        fence: Fence | None = None,
+        window: int = 500,
+    ) -> None:
+        self.db = db
+        self.routes = routes
+        self.transport = transport
+        self.errors = errors
+        self.batch_size = max(1, batch_size)
+        self.concurrency = max(1, concurrency)
+        self.clock = clock
+        self.rng = rng or random.Random()
+        self.emit: Emit = emit or (lambda name, **payload: None)
+        self.fence = fence
+        self.window = max(window, self.batch_size)
+        self._infos = {info.table_name: info for info in synced_models()}
+        self._children: dict[str, list[tuple[ModelInfo, tuple[str, ...]]]] = {}
+        for info in self._infos.values():
+            for parent, keys in info.parents:
+                self._children.setdefault(parent, []).append((info, keys))
+        self._pool: ThreadPoolExecutor | None = None
+
+    def close(self) -> None:
+        """Stop the sending threads."""
+        if self._pool is not None:
+            self._pool.shutdown(wait=True)
+            self._pool = None
+
+    # -- one pass --------------------------------------------------------------
+
+    def push(self, *, should_stop: Callable[[], bool] = lambda: False) -> PushResult:
+        """Send every op that is due, wave after wave, and report what happened."""
+        started = time.monotonic()
+        counts: dict[str, dict[str, int]] = {}
+        attempted: set[int] = set()
+        auth_required = False
+        held = 0
+        with self.db.connect() as conn:
+            dead = ob.dead_rows(conn)
+        while not should_stop():
+            wave, held = self._next_wave(dead, attempted)
+            if not wave:
+                break
+            attempted.update(op.id for op in wave)
+            now = self.clock()
+            with self.db.begin() as conn:
+                if self.fence is not None:
+                    self.fence(conn)
+                keys = ob.claim(conn, wave, now)
+                rows = self._read_rows(conn, wave)
+                versions = self._versions(conn, wave)
+            outcomes = self._send_all(wave, keys, rows, versions)
+            dead_letters = self._record(outcomes)
+            for outcome in outcomes:
+                tally = counts.setdefault(outcome.op.table_name, {})
+                tally[outcome.kind] = tally.get(outcome.kind, 0) + 1
+                if outcome.kind == "dead" or (outcome.kind == "retry" and
+                                              outcome.op.id in {d.id for d in dead_letters}):
+                    dead.add((outcome.op.table_name, outcome.op.row_key))
+            for letter in dead_letters:
+                self.emit("dead-letter", dead_letter=letter)
+            auth = [o for o in outcomes if o.kind == "auth"]
+            if auth:
+                auth_required = True
+                self.emit("auth-required", error=auth[0].error)
+                break
+        tables = {
+            name: TableCounts(
+                pushed=c.get("ok", 0) + c.get("skip", 0),
+                failed=c.get("retry", 0),
+                conflicts=c.get("conflict", 0),
+                dead_lettered=c.get("dead", 0) + c.get("buried", 0),
+            )
+            for name, c in counts.items()
+        }
+        return PushResult(
+            pushed=sum(t.pushed for t in tables.values()),
+            failed=sum(t.failed for t in tables.values()),
+            conflicts=sum(t.conflicts for t in tables.values()),
+            dead_lettered=sum(t.dead_lettered for t in tables.values()),
+            held_back=held,
+            auth_required=auth_required,
+            duration=time.monotonic() - started,
+            tables=tables,
+        )
+
+    # -- choosing ops ------------------------------------------------------------
+
+    def _next_wave(
+        self, dead: set[RowKey], attempted: set[int]
+    ) -> tuple[list[OutboxOp], int]:
+        now = self.clock()
+        blocked: set[RowKey] = set(dead)
+        referenced: set[RowKey] = set()
+        wave: list[OutboxOp] = []
+        held = 0
+        after = 0
+        with self.db.connect() as conn:
+            while len(wave) < self.batch_size:
+                window = ob.pending_ops(conn, limit=self.window, after_id=after)
+                if not window:
+                    break
+                after = window[-1].id
+                parents_of = self._parent_keys(conn, window)
+                for op in window:
+                    row = (op.table_name, op.row_key)
+                    parents = parents_of.get(op.id, ())
+                    table = self.routes.get(op.table_name)
+                    ready = (
+                        table is not None
+                        and table.routes.push is not None
+                        and row not in blocked
+                        and op.next_attempt_at <= now
+                        and op.id not in attempted
+                        and not any(p in blocked for p in parents)
+                        and not (op.op == OP_DELETE and row in referenced)
+                    )
+                    blocked.add(row)
+                    referenced.update(parents)
+                    if ready and len(wave) < self.batch_size:
+                        wave.append(op)
+                    else:
+                        held += 1
+        return wave, held
+
+    def _parent_keys(self, conn: Connection, ops: Sequence[OutboxOp]) -> dict[int, list[RowKey]]:
+        """Parent row keys each op's row points at (children wait for parents)."""
+        result: dict[int, list[RowKey]] = {}
+        need: dict[str, list[OutboxOp]] = {}
+        for op in ops:
+            info = self._infos.get(op.table_name)
+            if info is None or not info.parents:
+                continue
+            if op.op == OP_DELETE:
+                values = info.decode_row(op.state or {})
+                result[op.id] = self._parents_from(info, values)
+            else:
+                need.setdefault(op.table_name, []).append(op)
+        for table_name, table_ops in need.items():
+            info = self._infos[table_name]
+            rows = self._select_rows(conn, info, [op.row_key for op in table_ops])
+            for op in table_ops:
+                found = rows.get(op.row_key)
+                if found is not None:
+                    result[op.id] = self._parents_from(info, found)
+        return result
+
+    def _parents_from(self, info: ModelInfo, values: Mapping[str, Any]) -> list[RowKey]:
+        keys = []
+        for parent, fk_keys in info.parents:
+            parent_info = self._infos.get(parent)
+            fk = [values.get(k) for k in fk_keys]
+            if parent_info is not None and all(v is not None for v in fk):
+                keys.append((parent, parent_info.encode_key(fk)))
+        return keys
+
+    # -- reading rows ------------------------------------------------------------
+
+    def _select_rows(
+        self, conn: Connection, info: ModelInfo, keys: Iterable[str]
+    ) -> dict[str, dict[str, Any]]:
+        """Current local rows by row key (column key -> value); absent rows are missing."""
+        wanted = list(dict.fromkeys(keys))
+        cols = [info.columns[k] for k in info.keys]
+        pk_cols = [info.columns[k] for k in info.pk_keys]
+        found: dict[str, dict[str, Any]] = {}
+        for start in range(0, len(wanted), 500):
+            chunk = [info.decode_key(k) for k in wanted[start : start + 500]]
+            if len(pk_cols) == 1:
+                cond = pk_cols[0].in_([k[0] for k in chunk])
+            else:
+                cond = tuple_(*pk_cols).in_(chunk)
+            for row in conn.execute(select(*cols).where(cond)):
+                values = dict(zip(info.keys, row))
+                found[info.encode_key(values[k] for k in info.pk_keys)] = values
+        return found
+
+    def _read_rows(self, conn: Connection, ops: Sequence[OutboxOp]) -> dict[RowKey, dict[str, Any]]:
+        by_table: dict[str, list[str]] = {}
+        for op in ops:
+            if op.op != OP_DELETE:
+                by_table.setdefault(op.table_name, []).append(op.row_key)
+        rows: dict[RowKey, dict[str, Any]] = {}
+        for table_name, keys in by_table.items():
+            for key, values in self._select_rows(conn, self._infos[table_name], keys).items():
+                rows[(table_name, key)] = values
+        return rows
+
+    def _versions(self, conn: Connection, ops: Sequence[OutboxOp]) -> dict[RowKey, str]:
+        by_table: dict[str, list[str]] = {}
+        for op in ops:
+            table = self.routes[op.table_name]
+            push = table.routes.push
+            request = getattr(push, _ROUTE_OF[op.op]) if push is not None else None
+            if request is not None and request.if_match:
+                by_table.setdefault(op.table_name, []).append(op.row_key)
+        versions: dict[RowKey, str] = {}
+        for table_name, keys in by_table.items():
+            for key, row in shadow.get_many(conn, table_name, keys).items():
+                if row.version is not None:
+                    versions[(table_name, key)] = row.version
+        return versions
+
+    # -- sending -------------------------------------------------------------------
+
+    def _send_all(
+        self,
+        wave: Sequence[OutboxOp],
+        keys: Mapping[int, str],
+        rows: Mapping[RowKey, dict[str, Any]],
+        versions: Mapping[RowKey, str],
+    ) -> list[_Outcome]:
+        def one(op: OutboxOp) -> _Outcome:
+            return self._send(op, keys[op.id], rows.get((op.table_name, op.row_key)),
+                              versions.get((op.table_name, op.row_key)))
+
+        if self.concurrency == 1 or len(wave) == 1:
+            outcomes = []
+            for op in wave:
+                outcome = one(op)
+                outcomes.append(outcome)
+                if outcome.kind == "auth":
+                    # Credentials are refused: the rest of the wave stays untried.
+                    outcomes.extend(_Outcome(rest, "auth", error=outcome.error)
+                                    for rest in wave[len(outcomes):])
+                    break
+            return outcomes
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(self.concurrency, thread_name_prefix="sqla-sync-push")
+        return list(self._pool.map(one, wave))
+
+    def _send(
+        self, op: OutboxOp, key: str, local: dict[str, Any] | None, version: str | None
+    ) -> _Outcome:
+        table = self.routes[op.table_name]
+        push = table.routes.push
+        assert push is not None
+        request = getattr(push, _ROUTE_OF[op.op])
+        if op.op == OP_DELETE:
+            local = table.info.decode_row(op.state or {})
+        elif local is None:
+            # The row is gone locally; the delete that removed it follows (or
+            # pull removed it): nothing to send for this op.
+            return _Outcome(op, "skip")
+        try:
+            item = table.item(local)
+            method, path, params, body, headers = self._build(table, op, request, item, local)
+        except RouteError as exc:
+            return _Outcome(op, "dead", error=str(exc))
+        except Exception as exc:  # a route callable failed: keep the op, say why
+            return _Outcome(op, "dead", error=self.transport.redact(
+                f"building the {op.op} request of {op.table_name} {op.row_key} failed: "
+                f"{type(exc).__name__}: {exc}"))
+        headers["Idempotency-Key"] = key
+        if request.if_match and version is not None:
+            headers["If-Match"] = version if version.startswith(('"', "W/")) else f'"{version}"'
+        base = _Outcome(op, "retry", method=method, path=path, sent_item=item, local_row=local)
+        try:
+            answer = self.transport.request(method, path, params=params, json_body=body,
+                                            headers=headers)
+        except AuthRequiredError as exc:
+            base.kind, base.error, base.status = "auth", str(exc), 401
+            return base
+        except ForbiddenRedirectError as exc:
+            base.kind, base.error = "dead", str(exc)
+            return base
+        except TransportError as exc:
+            base.kind, base.error, base.status = "retry", str(exc), exc.status
+            return base
+        base.answer = answer
+        base.status = answer.status
+        if op.op == OP_DELETE and answer.status in (404, 410):
+            base.kind = "ok"  # already gone on the server
+            return base
+        conflict = bool(request.conflict_when(answer.status, answer.body))
+        verdict = classify(answer.status, conflict=conflict)
+        if verdict == "ok":
+            body_out = answer.body
+            if request.map_response is not None and body_out is not None:
+                try:
+                    body_out = request.map_response(body_out)
+                except Exception as exc:
+                    base.kind = "retry"
+                    base.error = self.transport.redact(
+                        f"{method} {path}: map_response failed on the answer: "
+                        f"{type(exc).__name__}: {exc}")
+                    return base
+            base.kind, base.server_row = "ok", body_out
+            return base
+        excerpt = _excerpt(answer.body)
+        base.error = self.transport.redact(f"{method} {path} answered {answer.status}{excerpt}")
+        if verdict == "retry":
+            base.retry_after = parse_retry_after(answer.headers.get("Retry-After"), time.time())
+        base.kind = verdict
+        return base
+
+    def _build(
+        self,
+        table: TableRoutes,
+        op: OutboxOp,
+        request: Any,
+        item: dict[str, Any],
+        local: Mapping[str, Any],
+    ) -> tuple[str, str, Mapping[str, Any] | None, Any, dict[str, str]]:
+        url = request.url(item) if callable(request.url) else render_path(
+            request.url, item, table.info.encode_row(local))
+        body = request.body
+        if body is DEFAULT_BODY:
+            if request.method == "DELETE":
+                body = NO_BODY
+            elif request.method == "PATCH" and op.op == OP_UPDATE:
+                changed = {table.server_field(k) for k in table.info.changed_keys(op.changed)}
+                changed.update(table.server_field(k) for k in table.info.pk_keys)
+                body = {k: v for k, v in item.items() if k in changed}
+            else:
+                body = item
+        elif callable(body):
+            body = body(item)
+        elif body is None:
+            body = NO_BODY
+        headers = request.headers(item) if callable(request.headers) else request.headers
+        params = request.query(item) if callable(request.query) else request.query
+        return request.method, url, params, body, dict(headers or {})
+
+    # -- recording outcomes ----------------------------------------------------------
+
+    def _record(self, outcomes: Sequence[_Outcome]) -> list[DeadLetter]:
+        now = self.clock()
+        done: list[int] = []
+        retry: list[dict[str, Any]] = []
+        buried: list[dict[str, Any]] = []
+        released: list[int] = []
+        letters: list[DeadLetter] = []
+        with self.db.begin() as conn:
+            if self.fence is not None:
+                self.fence(conn)
+            successes = [o for o in outcomes if o.kind == "ok"]
+            self._write_back(conn, successes, now)
+            for o in outcomes:
+                op = o.op
+                if o.kind in ("ok", "skip"):
+                    done.append(op.id)
+                elif o.kind == "auth":
+                    released.append(op.id)
+                elif o.kind in ("retry", "conflict"):
+                    attempts = op.attempts + 1
+                    record = ob.error_record(o.error, status=o.status, method=o.method,
+                                             url=o.path)
+                    if attempts > self.errors.max_retries:
+                        o.kind = "buried"
+                        buried.append({"op_id": op.id, "attempts": attempts,
+                                       "last_error": record})
+                    else:
+                        delay = retry_delay(self.errors, attempts, self.rng, o.retry_after)
+                        retry.append({"op_id": op.id, "attempts": attempts,
+                                      "next_attempt_at": now + delay, "last_error": record})
+                else:  # dead
+                    buried.append({"op_id": op.id, "attempts": op.attempts + 1,
+                                   "last_error": ob.error_record(
+                                       o.error, status=o.status, method=o.method, url=o.path)})
+            ob.complete(conn, done)
+            ob.reschedule(conn, retry)
+            ob.bury(conn, buried)
+            ob.release(conn, released)
+        for row in buried:
+            o = next(x for x in outcomes if x.op.id == row["op_id"])
+            letters.append(DeadLetter(
+                id=o.op.id, table_name=o.op.table_name, row_key=o.op.row_key, op=o.op.op,
+                error=o.error, status=o.status, method=o.method, url=o.path,
+                attempts=row["attempts"], changed_at=o.op.changed_at))
+            log.warning("dead letter %s %s %s: %s", o.op.op, o.op.table_name, o.op.row_key,
+                        o.error)
+        return letters
+
+    def _write_back(self, conn: Connection, successes: Sequence[_Outcome], now: float) -> None:
+        """Write the server's answers to the rows and the shadow, without capture."""
+        shadows: list[dict[str, Any]] = []
+        gone: dict[str, list[str]] = {}
+        by_table: dict[str, list[_Outcome]] = {}
+        for o in successes:
+            by_table.setdefault(o.op.table_name, []).append(o)
+        for table_name, outs in by_table.items():
+            table = self.routes[table_name]
+            info = table.info
+            masks = ob.pending_masks(conn, table_name, [o.op.row_key for o in outs],
+                                     [o.op.id for o in outs])
+            for o in outs:
+                op = o.op
+                if op.op == OP_DELETE:
+                    gone.setdefault(table_name, []).append(op.row_key)
+                    continue
+                server_row = o.server_row if isinstance(o.server_row, dict) else None
+                key = op.row_key
+                state: Any = server_row if server_row is not None else o.sent_item
+                version = None
+                if o.answer is not None:
+                    version = o.answer.headers.get("ETag")
+                vf = table.routes.version_field
+                if version is None and server_row is not None and vf and vf in server_row:
+                    version = str(server_row[vf])
+                if server_row is not None:
+                    try:
+                        values = table.columns_of(server_row)
+                    except (TypeError, ValueError) as exc:
+                        log.warning("%s %s: answer not written back: %s", table_name, key, exc)
+                        values = {}
+                    local = o.local_row or {}
+                    new_pk = tuple(values.get(k, local.get(k)) for k in info.pk_keys)
+                    new_key = info.encode_key(new_pk)
+                    if new_key != key and all(v is not None for v in new_pk):
+                        self._remap(conn, table, key, new_key)
+                        key = new_key
+                    mask = masks.get(op.row_key, 0)
+                    changes = {
+                        k: v for k, v in values.items()
+                        if k not in info.pk_keys and not (mask & info.bits[k])
+                        and local.get(k) != v
+                    }
+                    if changes:
+                        pk_cols = [info.columns[k] for k in info.pk_keys]
+                        conn.execute(
+                            update(info.table)
+                            .where(and_(*(c == v for c, v in zip(pk_cols, info.decode_key(key)))))
+                            .values({info.columns[k].name: v for k, v in changes.items()})
+                        )
+                shadows.append({"table_name": table_name, "row_key": key, "server_key": key,
+                                "version": version, "state": state, "synced_at": now})
+        shadow.upsert_many(conn, shadows)
+        for table_name, keys in gone.items():
+            shadow.delete_many(conn, table_name, keys)
+
+    def _remap(self, conn: Connection, table: TableRoutes, old: str, new: str) -> None:
+        """Give a row the key the server assigned: in the row, its children's
+        foreign keys, its pending ops and the shadow."""
+        info = table.info
+        old_pk = info.decode_key(old)
+        new_pk = info.decode_key(new)
+        pk_cols = [info.columns[k] for k in info.pk_keys]
+
+        def where(values: Sequence[Any]) -> Any:
+            return and_(*(c == v for c, v in zip(pk_cols, values)))
+
+        children = self._children.get(info.table_name, [])
+        taken = conn.execute(select(exists().where(where(new_pk)))).scalar()
+        referenced = any(
+            conn.execute(select(exists().where(and_(
+                *(child.columns[k] == v for k, v in zip(keys, old_pk)))))).scalar()
+            for child, keys in children
+        )
+        if taken or referenced:
+            if not taken:
+                # Copy, re-point the children, delete: works with foreign keys
+                # enforced and without ON UPDATE CASCADE.
+                row = conn.execute(select(info.table).where(where(old_pk))).mappings().one()
+                copy = dict(row)
+                for col, value in zip(pk_cols, new_pk):
+                    copy[col.name] = value
+                conn.execute(insert(info.table).values(copy))
+            for child, keys in children:
+                conn.execute(
+                    update(child.table)
+                    .where(and_(*(child.columns[k] == v for k, v in zip(keys, old_pk))))
+                    .values({child.columns[k].name: v for k, v in zip(keys, new_pk)})
+                )
+            conn.execute(delete(info.table).where(where(old_pk)))
+        else:
+            conn.execute(
+                update(info.table).where(where(old_pk))
+                .values({c.name: v for c, v in zip(pk_cols, new_pk)})
+            )
+        # Later ops of the row follow it; a stored delete state gets the new key.
+        for op_row in conn.execute(
+            select(outbox.c.id, outbox.c.state).where(
+                outbox.c.table_name == info.table_name, outbox.c.row_key == old,
+                outbox.c.status == STATUS_PENDING)
+        ).all():
+            values: dict[str, Any] = {"row_key": new}
+            if op_row.state is not None:
+                state = loads(op_row.state)
+                state.update(info.encode_row(dict(zip(info.pk_keys, new_pk))))
+                values["state"] = dumps(state)
+            conn.execute(update(outbox).where(outbox.c.id == op_row.id).values(values))
+        shadow.rekey(conn, info.table_name, old, new)
+        log.info("%s %s is %s on the server", info.table_name, old, new)
+
+
+_ROUTE_OF = {OP_INSERT: "create", OP_UPDATE: "update", OP_DELETE: "delete"}
+
+
+def _excerpt(body: Any) -> str:
+    if body is None:
+        return ""
+    text = body if isinstance(body, str) else repr(body)
+    return ": " + (text[:300] + "..." if len(text) > 300 else text)

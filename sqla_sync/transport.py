@@ -1,0 +1,316 @@
+"""HTTP transport: one :class:`requests.Session`, auth, timeouts, caps, redaction.
+
+Every request gets the headers of :attr:`Auth.get_headers`, connect and read
+timeouts, TLS verification, and a cap on the response size.  Redirects are
+followed only within ``base_url``'s origin.  A 401 calls
+:attr:`Auth.on_auth_error` once per burst (concurrent 401s share one refresh)
+and retries with fresh headers, up to ``max_auth_retries``; after that
+:class:`~sqla_sync.AuthRequiredError` says push must pause.  Secret header
+values never reach a log line or an exception message: :meth:`Transport.redact`
+scrubs them from any text the library keeps.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Mapping
+from typing import Any
+from urllib.parse import urljoin, urlsplit
+
+import requests
+from requests.adapters import HTTPAdapter
+from requests.structures import CaseInsensitiveDict
+
+from .errors import AuthRequiredError, ConfigurationError, ForbiddenRedirectError, TransportError
+
+__all__ = ["NO_BODY", "Answer", "Auth", "AuthFailure", "Transport"]
+
+log = logging.getLogger(__name__)
+
+#: Sentinel: send no body.
+NO_BODY: Any = object()
+
+_DEFAULT_SECRETS = ("authorization", "proxy-authorization", "cookie", "x-api-key", "x-auth-token")
+_REDACTED = "[REDACTED]"
+
+
+@dataclasses.dataclass(frozen=True)
+class AuthFailure:
+    """What ``on_auth_error`` is told: the status and the path that was refused."""
+
+    status: int
+    method: str
+    path: str
+
+
+@dataclasses.dataclass(frozen=True)
+class Auth:
+    """Credentials for every request.
+
+    :param get_headers: called before every request; returns headers such as
+        ``{"Authorization": "Bearer ..."}``.
+    :param on_auth_error: called with an :class:`AuthFailure` on a 401, once
+        per burst of them; refresh the token here.
+    :param max_auth_retries: refreshes tried for one request before push pauses.
+    :param secret_headers: header names whose values are never logged or stored.
+    """
+
+    get_headers: Callable[[], Mapping[str, str]] | None = None
+    on_auth_error: Callable[[AuthFailure], Any] | None = None
+    max_auth_retries: int = 3
+    secret_headers: tuple[str, ...] = _DEFAULT_SECRETS
+
+
+@dataclasses.dataclass(frozen=True)
+class Answer:
+    """A response read in full (up to the cap) and parsed.
+
+    :ivar body: the parsed JSON body, or None for an empty one.
+    """
+
+    status: int
+    headers: CaseInsensitiveDict[str]
+    body: Any
+    method: str
+    path: str
+    elapsed: float
+
+
+class Transport:
+    """Sends requests to ``base_url`` on one pooled, keep-alive session."""
+
+    def __init__(
+        self,
+        base_url: str,
+        *,
+        auth: Auth | None = None,
+        timeout: tuple[float, float] = (5.0, 30.0),
+        max_response_bytes: int = 16 * 2**20,
+        pool_size: int = 10,
+        session: requests.Session | None = None,
+        verify: bool | str = True,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        parts = urlsplit(base_url)
+        if parts.scheme not in ("http", "https") or not parts.netloc:
+            raise ConfigurationError(
+                f"base_url {base_url!r} must be an absolute http(s) URL such as "
+                "'https://api.example.com'"
+            )
+        self.base_url = base_url.rstrip("/")
+        self.origin = (parts.scheme, parts.netloc.lower())
+        self.auth = auth or Auth()
+        self.timeout = timeout
+        self.max_response_bytes = max_response_bytes
+        self.verify = verify
+        self._clock = clock
+        self._session = session or requests.Session()
+        self._owns_session = session is None
+        if self._owns_session:
+            adapter = HTTPAdapter(pool_connections=4, pool_maxsize=max(pool_size, 4))
+            self._session.mount("http://", adapter)
+            self._session.mount("https://", adapter)
+        self._secret_names = {h.lower() for h in self.auth.secret_headers}
+        self._secrets: deque[str] = deque(maxlen=32)
+        self._secret_lock = threading.Lock()
+        self._auth_lock = threading.Lock()
+        self._auth_generation = 0
+        #: How many times ``on_auth_error`` was called.
+        self.auth_refreshes = 0
+
+    # -- secrets ---------------------------------------------------------------
+
+    def _remember_secrets(self, headers: Mapping[str, str]) -> None:
+        for name, value in headers.items():
+            if name.lower() in self._secret_names and value:
+                text = str(value)
+                with self._secret_lock:
+                    if text not in self._secrets:
+                        self._secrets.append(text)
+                        _, _, token = text.partition(" ")
+                        if token and len(token) >= 4:
+                            self._secrets.append(token)
+
+    def redact(self, text: str) -> str:
+        """``text`` with every secret header value seen so far replaced."""
+        with self._secret_lock:
+            secrets = sorted(self._secrets, key=len, reverse=True)
+        for secret in secrets:
+            if secret in text:
+                text = text.replace(secret, _REDACTED)
+        return text
+
+    # -- urls ------------------------------------------------------------------
+
+    def resolve(self, url: str) -> str:
+        """An absolute URL for a path or URL; another origin raises."""
+        if "://" in url or url.startswith("//"):
+            absolute = urljoin(self.base_url + "/", url)
+        else:
+            absolute = self.base_url + ("" if url.startswith("/") else "/") + url
+        parts = urlsplit(absolute)
+        if (parts.scheme, parts.netloc.lower()) != self.origin:
+            raise ForbiddenRedirectError(
+                f"refusing {parts.scheme}://{parts.netloc}: only {self.origin[0]}://"
+                f"{self.origin[1]} (the origin of base_url) is contacted"
+            )
+        return absolute
+
+    # -- requests --------------------------------------------------------------
+
+    def request(
+        self,
+        method: str,
+        url: str,
+        *,
+        params: Mapping[str, Any] | None = None,
+        json_body: Any = NO_BODY,
+        headers: Mapping[str, str] | None = None,
+    ) -> Answer:
+        """Send one request and read its answer.
+
+        A 401 goes through the auth refresh described in the module docstring.
+        Raises :class:`TransportError` when no usable answer came (retry it),
+        :class:`AuthRequiredError` when credentials keep failing, and
+        :class:`ForbiddenRedirectError` for a redirect to another origin.
+        """
+        absolute = self.resolve(url)
+        auth_attempts = 0
+        while True:
+            generation = self._auth_generation
+            answer = self._send(method, absolute, params, json_body, headers)
+            if answer.status != 401:
+                return answer
+            if auth_attempts >= self.auth.max_auth_retries or self.auth.on_auth_error is None:
+                raise AuthRequiredError(
+                    f"{method} {answer.path} was refused with 401 after {auth_attempts} "
+                    "credential refresh(es); push is paused until Auth.get_headers returns "
+                    "working credentials"
+                )
+            auth_attempts += 1
+            self._refresh(generation, AuthFailure(401, method, answer.path))
+
+    def _refresh(self, generation: int, failure: AuthFailure) -> None:
+        with self._auth_lock:
+            if self._auth_generation != generation:
+                return  # another request of this burst refreshed already
+            self.auth_refreshes += 1
+            assert self.auth.on_auth_error is not None
+            try:
+                self.auth.on_auth_error(failure)
+            finally:
+                self._auth_generation += 1
+
+    def _send(
+        self,
+        method: str,
+        absolute: str,
+        params: Mapping[str, Any] | None,
+        json_body: Any,
+        extra: Mapping[str, str] | None,
+    ) -> Answer:
+        headers: dict[str, str] = {"Accept": "application/json"}
+        if extra:
+            headers.update(extra)
+        if self.auth.get_headers is not None:
+            headers.update(self.auth.get_headers())
+        self._remember_secrets(headers)
+        data: bytes | None = None
+        if json_body is not NO_BODY:
+            data = json.dumps(json_body, separators=(",", ":")).encode()
+            headers["Content-Type"] = "application/json"
+        url = absolute
+        started = self._clock()
+        for _ in range(6):
+            path = urlsplit(url).path
+            try:
+                response = self._session.request(
+                    method,
+                    url,
+                    params=params,
+                    data=data,
+                    headers=headers,
+                    timeout=self.timeout,
+                    verify=self.verify,
+                    allow_redirects=False,
+                    stream=True,
+                )
+            except requests.RequestException as exc:
+                raise TransportError(
+                    self.redact(f"{method} {path}: {type(exc).__name__}: {exc}")
+                ) from None
+            try:
+                if response.is_redirect:
+                    location = response.headers.get("Location", "")
+                    url = self.resolve(urljoin(url, location))
+                    params = None  # the Location carries its own query
+                    if response.status_code in (301, 302, 303) and method not in ("GET", "HEAD"):
+                        raise TransportError(
+                            f"{method} {path} was redirected with {response.status_code}; "
+                            "a redirect would change the method, so it is not followed",
+                            status=response.status_code,
+                        )
+                    continue
+                content = self._read(response, method, path)
+            finally:
+                response.close()
+            elapsed = self._clock() - started
+            body = self._parse(content, response, method, path)
+            log.debug("%s %s -> %s in %.1f ms", method, path, response.status_code,
+                      elapsed * 1000)
+            return Answer(response.status_code, CaseInsensitiveDict(response.headers), body,
+                          method, path, elapsed)
+        raise TransportError(f"{method} {urlsplit(absolute).path}: too many redirects")
+
+    def _read(self, response: requests.Response, method: str, path: str) -> bytes:
+        cap = self.max_response_bytes
+        declared = response.headers.get("Content-Length")
+        if declared is not None and declared.isdigit() and int(declared) > cap:
+            raise TransportError(
+                f"{method} {path}: response of {declared} bytes exceeds the cap of {cap}",
+                status=response.status_code,
+            )
+        chunks: list[bytes] = []
+        size = 0
+        try:
+            for chunk in response.iter_content(65536):
+                size += len(chunk)
+                if size > cap:
+                    raise TransportError(
+                        f"{method} {path}: response exceeds the cap of {cap} bytes",
+                        status=response.status_code,
+                    )
+                chunks.append(chunk)
+        except requests.RequestException as exc:
+            raise TransportError(
+                self.redact(f"{method} {path}: answer cut short: {type(exc).__name__}: {exc}"),
+                status=response.status_code,
+            ) from None
+        return b"".join(chunks)
+
+    def _parse(self, content: bytes, response: requests.Response, method: str, path: str) -> Any:
+        if not content.strip():
+            return None
+        ctype = response.headers.get("Content-Type", "")
+        is_json = "json" in ctype.lower()
+        try:
+            return json.loads(content)
+        except ValueError:
+            if 200 <= response.status_code < 300:
+                what = "malformed JSON" if is_json else f"a non-JSON body ({ctype or 'no type'})"
+                raise TransportError(
+                    f"{method} {path}: server answered {response.status_code} with {what}",
+                    status=response.status_code,
+                ) from None
+            # An error page: keep a short, redacted excerpt for the record.
+            return self.redact(content[:500].decode("utf-8", "replace"))
+
+    def close(self) -> None:
+        """Close the pooled connections (if this transport created the session)."""
+        if self._owns_session:
+            self._session.close()
