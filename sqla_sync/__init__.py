@@ -8,7 +8,7 @@ that a sync engine pushes to an existing REST API through declared routes.
 from .capture import suppress_capture, track, untrack
 from .config import Leader, Observability, Schedule, SyncConfig
 from .conflicts import Conflict, Conflicts
-from .engine import SyncEngine, start_sync
+from .engine import SyncEngine, SyncResult, start_sync
 from .errors import (
     AuthRequiredError,
     ConfigurationError,
@@ -24,6 +24,7 @@ from .errors import (
 )
 from .mixin import Syncable
 from .outbox import DeadLetter
+from .pull import PullError, PullResult
 from .push import PushResult
 from .retry import Errors
 from .routes import (
@@ -60,6 +61,8 @@ __all__ = [
     "Offset",
     "PageNumber",
     "Pull",
+    "PullError",
+    "PullResult",
     "Push",
     "PushResult",
     "ReadOnlyTableError",
@@ -72,6 +75,7 @@ __all__ = [
     "SyncConfig",
     "SyncEngine",
     "SyncError",
+    "SyncResult",
     "Syncable",
     "TransportError",
     "UnsupportedDialectError",

@@ -41,7 +41,15 @@ from .errors import (
     UnsupportedStatementError,
     UntrackedSessionError,
 )
-from .mixin import SUPPRESS_KEY, TRACKED_ATTR, TRACKED_KEY, ModelInfo, is_tracked, model_info
+from .mixin import (
+    SUPPRESS_KEY,
+    TRACKED_ATTR,
+    TRACKED_KEY,
+    ModelInfo,
+    is_tracked,
+    model_info,
+    refuse_read_only,
+)
 from .signals import outbox_committed
 from .tables import OP_DELETE, OP_INSERT, OP_UPDATE, outbox
 
@@ -252,6 +260,8 @@ class _Capture:
         info = model_info(mapper.class_) if mapper is not None else None
         if info is None:
             return None
+        if info.read_only:
+            refuse_read_only(info)
         return _capture_statement(self, state, info)
 
     def after_commit(self, session: Session) -> None:
@@ -440,9 +450,13 @@ def bulk_guard(state: ORMExecuteState) -> None:
     if is_tracked(session) or session.info.get(SUPPRESS_KEY):
         return
     mapper = state.bind_mapper
-    if mapper is not None and model_info(mapper.class_) is not None:
+    info = model_info(mapper.class_) if mapper is not None else None
+    if info is not None and info.read_only:
+        refuse_read_only(info)
+    if info is not None:
         raise UntrackedSessionError(
-            f"an ORM bulk statement writes {mapper.class_.__name__}, which is Syncable, through "
+            f"an ORM bulk statement writes {info.mapper.class_.__name__}, which is Syncable, "
+            "through "
             "a session sqla_sync does not track; call sqla_sync.track() on that session, "
             "its sessionmaker or its class first"
         )

@@ -8,6 +8,7 @@ sends pending ops, :meth:`SyncEngine.dead_letters` and
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import random
 import threading
@@ -22,14 +23,61 @@ from .config import SyncConfig
 from .errors import ConfigurationError, SyncError
 from .mixin import synced_models
 from .outbox import DeadLetter
+from .pull import Puller, PullResult
 from .push import Pusher, PushResult
 from .signals import signal_for
 from .tables import metadata
 from .transport import Transport
 
-__all__ = ["SyncEngine", "start_sync"]
+__all__ = ["SyncEngine", "SyncResult", "start_sync"]
 
 log = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass(frozen=True)
+class SyncResult:
+    """The outcome of :meth:`SyncEngine.sync`: the pull's and the push's, with totals."""
+
+    pull: PullResult
+    push: PushResult
+
+    @property
+    def pushed(self) -> int:
+        """Ops the server applied."""
+        return self.push.pushed
+
+    @property
+    def pulled(self) -> int:
+        """Rows written locally from the server."""
+        return self.pull.pulled
+
+    @property
+    def conflicts(self) -> int:
+        """Conflicts met in the pull and in the push."""
+        return self.pull.conflicts + self.push.conflicts
+
+    @property
+    def failed(self) -> int:
+        """Ops rescheduled for a retry."""
+        return self.push.failed
+
+    @property
+    def dead_lettered(self) -> int:
+        """Ops given up on in this sync."""
+        return self.push.dead_lettered
+
+    @property
+    def duration(self) -> float:
+        """Seconds the pull and the push took."""
+        return self.pull.duration + self.push.duration
+
+
+def _merge_pull(a: PullResult, b: PullResult) -> PullResult:
+    tables = dict(a.tables)
+    tables.update(b.tables)
+    return PullResult(pulled=a.pulled + b.pulled, deleted=a.deleted + b.deleted,
+                      conflicts=a.conflicts + b.conflicts, pages=a.pages + b.pages,
+                      duration=a.duration + b.duration, tables=tables)
 
 
 class SyncEngine:
@@ -60,8 +108,21 @@ class SyncEngine:
             clock=self.clock,
             rng=self.rng,
             emit=self._emit,
+            conflicts=config.conflicts,
         )
-        self._push_lock = threading.Lock()
+        self._puller = Puller(
+            db,
+            self.routes,
+            self.transport,
+            conflicts=config.conflicts,
+            page_size=schedule.pull_page_size,
+            max_pages=schedule.pull_max_pages,
+            clock=self.clock,
+            emit=self._emit,
+        )
+        for table in self.routes.values():
+            table.info.read_only = table.read_only
+        self._push_lock = threading.RLock()
         self._receivers: list[tuple[str, Callable[..., Any]]] = []
         self._auth_required = False
         unrouted = sorted(i.table_name for i in synced_models() if i.table_name not in self.routes)
@@ -114,6 +175,52 @@ class SyncEngine:
             self._auth_required = result.auth_required
             self._emit("push-complete", result=result)
             return result
+
+    def pull(self) -> PullResult:
+        """Fetch the server's changes of every table with a pull route, page by page.
+
+        Each page is applied with its checkpoint in one transaction; a table
+        that fails raises :class:`~sqla_sync.SyncError` after the others ran.
+        """
+        with self._push_lock:
+            self._emit("pull-start")
+            try:
+                result = self._puller.pull()
+            except Exception as exc:
+                self._emit("pull-error", error=exc)
+                raise
+            self._emit("pull-complete", result=result)
+            return result
+
+    def sync(self) -> SyncResult:
+        """Pull, then push: a server change made since the last pull meets a
+        pending local op as a conflict before the op can overwrite it."""
+        with self._push_lock:
+            self._emit("sync-start")
+            try:
+                pulled = self._puller.pull()
+                self._emit("pull-complete", result=pulled)
+                pushed = self._pusher.push()
+                self._emit("push-complete", result=pushed)
+                if self._pusher.needs_pull:
+                    names, self._pusher.needs_pull = set(self._pusher.needs_pull), set()
+                    extra = self._puller.pull(names)
+                    pulled = _merge_pull(pulled, extra)
+            except Exception as exc:
+                self._emit("sync-error", error=exc)
+                raise
+            result = SyncResult(pull=pulled, push=pushed)
+            self._emit("sync-complete", result=result)
+            return result
+
+    def sync_table(self, name: str) -> SyncResult:
+        """Pull one table, then push every due op (ops are ordered across tables)."""
+        if name not in self.routes:
+            raise ConfigurationError(f"no routes for table {name!r}; tables: {sorted(self.routes)}")
+        with self._push_lock:
+            pulled = self._puller.pull([name])
+            pushed = self._pusher.push()
+            return SyncResult(pull=pulled, push=pushed)
 
     # -- queue -------------------------------------------------------------------
 

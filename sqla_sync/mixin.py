@@ -22,7 +22,7 @@ from sqlalchemy.orm import Mapper, object_session
 from sqlalchemy.sql.schema import Column, Table
 
 from .codec import Codec, codec_for, dumps, loads
-from .errors import ConfigurationError, UntrackedSessionError
+from .errors import ConfigurationError, ReadOnlyTableError, UntrackedSessionError
 
 __all__ = ["ModelInfo", "Syncable", "model_info", "synced_models"]
 
@@ -58,6 +58,7 @@ class ModelInfo:
         "mapper",
         "pk_codecs",
         "pk_keys",
+        "read_only",
         "table",
         "table_name",
     )
@@ -100,6 +101,9 @@ class ModelInfo:
         # are looked up on first use (see :meth:`impl_for`).
         self.impls: dict[str, Any] = {}
         self._depth: int | None = None
+        #: Set by start_sync for a table with a pull route and no push route:
+        #: local writes are refused at flush.
+        self.read_only = False
         self._parents: list[tuple[str, tuple[str, ...]]] | None = None
 
     @property
@@ -224,9 +228,23 @@ def is_tracked(session: Any) -> bool:
     return bool(session.info.get(TRACKED_KEY) or getattr(type(session), TRACKED_ATTR, False))
 
 
+def refuse_read_only(info: ModelInfo) -> None:
+    """Raise :class:`ReadOnlyTableError` for a local write to a pull-only table."""
+    raise ReadOnlyTableError(
+        f"{info.mapper.class_.__name__} (table {info.table_name!r}) is read-only: its "
+        "routes pull from the server and have no push, so a local change could never be "
+        "sent; add push=Push(...) to its routes or write it on the server"
+    )
+
+
 def _guard(mapper: Mapper[Any], connection: Any, target: Any) -> None:
     session = object_session(target)
-    if session is None or is_tracked(session) or session.info.get(SUPPRESS_KEY):
+    if session is not None and session.info.get(SUPPRESS_KEY):
+        return
+    info = model_info(type(target))
+    if info is not None and info.read_only:
+        refuse_read_only(info)
+    if session is None or is_tracked(session):
         return
     raise UntrackedSessionError(
         f"{type(target).__name__} is Syncable but was written through a session that "

@@ -31,9 +31,11 @@ from sqlalchemy.engine import Connection
 from . import outbox as ob
 from . import shadow
 from .codec import dumps, loads
+from .conflicts import Conflict, Conflicts
 from .errors import AuthRequiredError, ForbiddenRedirectError, RouteError, TransportError
 from .mixin import ModelInfo, synced_models
 from .outbox import DeadLetter, OutboxOp
+from .pull import Applier
 from .retry import Errors, classify, parse_retry_after, retry_delay
 from .routes import DEFAULT_BODY, RouteTable, TableRoutes, render_path
 from .tables import OP_DELETE, OP_INSERT, OP_UPDATE, STATUS_PENDING, outbox
@@ -113,6 +115,7 @@ class Pusher:
         emit: Emit | None = None,
         fence: Fence | None = None,
         window: int = 500,
+        conflicts: Conflicts | None = None,
     ) -> None:
         self.db = db
         self.routes = routes
@@ -125,12 +128,16 @@ class Pusher:
         self.emit: Emit = emit or (lambda name, **payload: None)
         self.fence = fence
         self.window = max(window, self.batch_size)
+        self.conflicts = conflicts or Conflicts()
+        #: Tables a push conflict left for the next pull to settle.
+        self.needs_pull: set[str] = set()
         self._infos = {info.table_name: info for info in synced_models()}
         self._children: dict[str, list[tuple[ModelInfo, tuple[str, ...]]]] = {}
         for info in self._infos.values():
             for parent, keys in info.parents:
                 self._children.setdefault(parent, []).append((info, keys))
         self._pool: ThreadPoolExecutor | None = None
+        self.emit_later: list[Conflict] = []
 
     def close(self) -> None:
         """Stop the sending threads."""
@@ -165,12 +172,16 @@ class Pusher:
             dead_letters = self._record(outcomes)
             for outcome in outcomes:
                 tally = counts.setdefault(outcome.op.table_name, {})
-                tally[outcome.kind] = tally.get(outcome.kind, 0) + 1
+                kind = "conflict" if outcome.kind == "resolved" else outcome.kind
+                tally[kind] = tally.get(kind, 0) + 1
                 if outcome.kind == "dead" or (outcome.kind == "retry" and
                                               outcome.op.id in {d.id for d in dead_letters}):
                     dead.add((outcome.op.table_name, outcome.op.row_key))
             for letter in dead_letters:
                 self.emit("dead-letter", dead_letter=letter)
+            conflicts, self.emit_later = self.emit_later, []
+            for conflict in conflicts:
+                self.emit("conflict", conflict=conflict)
             auth = [o for o in outcomes if o.kind == "auth"]
             if auth:
                 auth_required = True
@@ -449,7 +460,12 @@ class Pusher:
             successes = [o for o in outcomes if o.kind == "ok"]
             self._write_back(conn, successes, now)
             for o in outcomes:
+                if o.kind == "conflict":
+                    self._push_conflict(conn, o, now)
+            for o in outcomes:
                 op = o.op
+                if o.kind == "resolved":
+                    continue
                 if o.kind in ("ok", "skip"):
                     done.append(op.id)
                 elif o.kind == "auth":
@@ -483,6 +499,48 @@ class Pusher:
             log.warning("dead letter %s %s %s: %s", o.op.op, o.op.table_name, o.op.row_key,
                         o.error)
         return letters
+
+    def _push_conflict(self, conn: Connection, o: _Outcome, now: float) -> None:
+        """Settle a conflict answer (409/412 or ``conflict_when``) by the policy.
+
+        When the answer carries the server's row (the body, or its ``current``),
+        the conflict is decided like a pulled one.  Without it, server-wins
+        drops the op and leaves the row to the next pull; the other policies
+        retry the op (and dead-letter it if the server keeps refusing).
+        """
+        table = self.routes[o.op.table_name]
+        body = o.answer.body if o.answer is not None else None
+        remote = None
+        if isinstance(body, dict):
+            candidate = body.get("current", body)
+            if isinstance(candidate, dict) and all(
+                table.server_field(k) in candidate for k in table.info.pk_keys
+            ):
+                remote = candidate
+        if remote is None:
+            if self.conflicts.policy == "server-wins":
+                self.needs_pull.add(table.name)
+                conn.execute(delete(outbox).where(outbox.c.id == o.op.id))
+                o.kind = "resolved"
+                decoded = table.info.decode_key(o.op.row_key)
+                self.emit_later.append(Conflict(
+                    table=table.name, key=decoded[0] if len(decoded) == 1 else decoded,
+                    local=o.sent_item, remote=None,
+                    base=None, local_changed_at=o.op.changed_at, resolution="remote"))
+            return
+        applier = Applier(table, self.conflicts, self.clock, None)
+        ops = [op for op in applier.pending(conn, [o.op.row_key]).get(o.op.row_key, [])]
+        known = shadow.get_many(conn, table.name, [o.op.row_key]).get(o.op.row_key)
+        local = self._select_rows(conn, table.info, [o.op.row_key]).get(o.op.row_key)
+        values = applier.columns(remote)
+        conflict, outcome = applier._resolve(conn, o.op.row_key, values, remote, local,
+                                             ops or [o.op], known, now)
+        if outcome == "remote":
+            applier._write_row(conn, o.op.row_key, {**(local or {}), **values}, local)
+        shadow.upsert_many(conn, [applier._shadow(o.op.row_key, remote, now)])
+        self.emit_later.append(conflict)
+        if outcome != "local":
+            o.kind = "resolved"
 
     def _write_back(self, conn: Connection, successes: Sequence[_Outcome], now: float) -> None:
         """Write the server's answers to the rows and the shadow, without capture."""
