@@ -138,6 +138,10 @@ class Pusher:
                 self._children.setdefault(parent, []).append((info, keys))
         self._pool: ThreadPoolExecutor | None = None
         self.emit_later: list[Conflict] = []
+        self._soonest: float | None = None
+        #: After a push: when the earliest op held for a retry falls due (wall
+        #: clock), or None; the scheduler wakes for it.
+        self.retry_at: float | None = None
 
     def close(self) -> None:
         """Stop the sending threads."""
@@ -156,9 +160,11 @@ class Pusher:
         held = 0
         with self.db.connect() as conn:
             dead = ob.dead_rows(conn)
+        self.retry_at = None
         while not should_stop():
             wave, held = self._next_wave(dead, attempted)
             if not wave:
+                self.retry_at = self._soonest
                 break
             attempted.update(op.id for op in wave)
             now = self.clock()
@@ -218,6 +224,7 @@ class Pusher:
         wave: list[OutboxOp] = []
         held = 0
         after = 0
+        self._soonest = None
         with self.db.connect() as conn:
             while len(wave) < self.batch_size:
                 window = ob.pending_ops(conn, limit=self.window, after_id=after)
@@ -238,6 +245,9 @@ class Pusher:
                         and not any(p in blocked for p in parents)
                         and not (op.op == OP_DELETE and row in referenced)
                     )
+                    if op.next_attempt_at > now and (self._soonest is None
+                                                     or op.next_attempt_at < self._soonest):
+                        self._soonest = op.next_attempt_at
                     blocked.add(row)
                     referenced.update(parents)
                     if ready and len(wave) < self.batch_size:
@@ -482,6 +492,7 @@ class Pusher:
                         delay = retry_delay(self.errors, attempts, self.rng, o.retry_after)
                         retry.append({"op_id": op.id, "attempts": attempts,
                                       "next_attempt_at": now + delay, "last_error": record})
+
                 else:  # dead
                     buried.append({"op_id": op.id, "attempts": op.attempts + 1,
                                    "last_error": ob.error_record(

@@ -95,6 +95,7 @@ class Transport:
         session: requests.Session | None = None,
         verify: bool | str = True,
         clock: Callable[[], float] = time.monotonic,
+        on_answer: Callable[[int | None, float | None], None] | None = None,
     ) -> None:
         parts = urlsplit(base_url)
         if parts.scheme not in ("http", "https") or not parts.netloc:
@@ -122,6 +123,11 @@ class Transport:
         self._auth_generation = 0
         #: How many times ``on_auth_error`` was called.
         self.auth_refreshes = 0
+        #: Called after every attempt with (status, seconds); (None, None) when
+        #: no answer came (connection error, timeout).
+        self.on_answer = on_answer
+        #: True after an answer, False after a failure to reach the server.
+        self.reachable: bool | None = None
 
     # -- secrets ---------------------------------------------------------------
 
@@ -241,6 +247,7 @@ class Transport:
                     stream=True,
                 )
             except requests.RequestException as exc:
+                self._answered(None, None)
                 raise TransportError(
                     self.redact(f"{method} {path}: {type(exc).__name__}: {exc}")
                 ) from None
@@ -260,12 +267,18 @@ class Transport:
             finally:
                 response.close()
             elapsed = self._clock() - started
+            self._answered(response.status_code, elapsed)
             body = self._parse(content, response, method, path)
             log.debug("%s %s -> %s in %.1f ms", method, path, response.status_code,
                       elapsed * 1000)
             return Answer(response.status_code, CaseInsensitiveDict(response.headers), body,
                           method, path, elapsed)
         raise TransportError(f"{method} {urlsplit(absolute).path}: too many redirects")
+
+    def _answered(self, status: int | None, seconds: float | None) -> None:
+        self.reachable = status is not None
+        if self.on_answer is not None:
+            self.on_answer(status, seconds)
 
     def _read(self, response: requests.Response, method: str, path: str) -> bytes:
         cap = self.max_response_bytes
