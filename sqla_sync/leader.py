@@ -71,10 +71,11 @@ class Lease:
             result = conn.execute(
                 update(leases)
                 .where(c.name == self.name, (c.expires_at < now) | (c.owner == self.owner))
-                .values(
-                    token=case((c.owner == self.owner, c.token), else_=c.token + 1),
-                    owner=self.owner,
-                    expires_at=expires,
+                # Token first: MySQL assigns left to right, and the CASE reads owner.
+                .ordered_values(
+                    (c.token, case((c.owner == self.owner, c.token), else_=c.token + 1)),
+                    (c.owner, self.owner),
+                    (c.expires_at, expires),
                 )
             )
             if result.rowcount == 0:
