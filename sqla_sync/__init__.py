@@ -5,6 +5,8 @@ An application writes through the ordinary ORM; every change of a
 that a sync engine pushes to an existing REST API through declared routes.
 """
 
+import logging
+
 from .capture import suppress_capture, track, untrack
 from .config import Leader, Observability, Schedule, SyncConfig
 from .conflicts import Conflict, Conflicts
@@ -89,3 +91,6 @@ __all__ = [
     "track",
     "untrack",
 ]
+
+# A library logs and lets the application decide where it goes (as urllib3 does).
+logging.getLogger(__name__).addHandler(logging.NullHandler())

@@ -29,6 +29,7 @@ from sqlalchemy import Engine, func, inspect, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from . import outbox as ob
+from .checkpoints import set_checkpoint
 from .config import SyncConfig
 from .errors import ConfigurationError, SyncError
 from .leader import Lease, LeaseLost
@@ -41,12 +42,15 @@ from .signals import outbox_committed, signal_for
 from .tables import STATUS_PENDING, metadata, outbox
 from .transport import Transport
 
-__all__ = ["Health", "Status", "SyncEngine", "SyncResult", "start_sync"]
+__all__ = ["LAST_SYNC_CHECKPOINT", "Health", "Status", "SyncEngine", "SyncResult", "start_sync"]
 
 log = logging.getLogger(__name__)
 
 #: Seconds a commit trigger waits for more commits before it pushes.
 COMMIT_DEBOUNCE = 0.25
+
+#: The checkpoint that records when the last sync of this database succeeded.
+LAST_SYNC_CHECKPOINT = "sqla_sync:last_sync"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -348,6 +352,9 @@ class SyncEngine:
                 self._track_online()
             self._last_sync_at = self.clock()
             self._last_error = None
+            with self.db.begin() as conn:
+                set_checkpoint(conn, LAST_SYNC_CHECKPOINT, self._last_sync_at,
+                               self._last_sync_at)
             result = SyncResult(pull=pulled, push=pushed)
             self._emit("sync-complete", result=result)
             return result
