@@ -96,3 +96,11 @@ def test_usage_and_errors_have_exit_codes(tmp_path: Path) -> None:
     assert empty.returncode == 1 and "no sqla_sync tables" in empty.stderr
     bad = cli("--url", f"sqlite:///{tmp_path / 'empty.db'}", "run", "nomodule")
     assert bad.returncode == 1
+
+
+def test_demo_runs_and_leaves_nothing_behind() -> None:
+    done = cli("demo")
+    assert done.returncode == 0, done.stderr
+    for step in ("queue depth: 3", "pushed 3", "policy merge -> merged", "pulled 1",
+                 "every step did what it says"):
+        assert step in done.stdout
