@@ -154,8 +154,18 @@ class Codec:
         return None if value is None else self._encode(value)
 
     def decode(self, value: Any) -> Any:
-        """Turn a JSON value back into the column's Python value."""
-        return None if value is None else self._decode(value)
+        """Turn a JSON value back into the column's Python value.
+
+        Raises ValueError, naming the column, for a value it cannot read.
+        """
+        if value is None:
+            return None
+        try:
+            return self._decode(value)
+        except Exception as exc:
+            shown = repr(value)
+            shown = shown if len(shown) <= 80 else shown[:77] + "..."
+            raise ValueError(f"column {self.name!r} cannot hold {shown}: {exc}") from exc
 
 
 def codec_for(column: Column[Any]) -> Codec:

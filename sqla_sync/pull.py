@@ -635,32 +635,40 @@ class Puller:
             known = set(map(_tie, state.ties))
             fresh_rows, advanced = (self._dedupe(cursor, state, rows) if cursor is not None
                                     else (rows, True))
-            with self.db.begin() as conn:
-                if self.fence is not None:
-                    self.fence(conn)
-                now = self.clock()
-                if deletions:
-                    keys = [self._deleted_key(applier, r) for r in fresh_rows]
-                    written, removed, conflicts = applier.apply(conn, [], deleted_keys=keys,
-                                                                now=now)
-                else:
-                    written, removed, conflicts = applier.apply(conn, fresh_rows, now=now)
-                if seen is not None:
-                    for r in rows:
-                        if isinstance(r, Mapping):
-                            seen.add(applier.key_of(applier.columns(r)))
-                full = size_param is not None and len(rows) >= size
-                more, next_url = self._next(pager, answer, rows, full, cursor, state, advanced,
-                                            known)
-                if cursor is not None:
-                    next_url = None  # with a cursor, a next link lives in state.nxt
-                    if name:
-                        cp.set_checkpoint(conn, name, state.dump(), now)
-                if pull.on_complete is not None:
-                    done_ctx = PullContext(table.name, conn, self.db, now,
-                                           state.dump() if cursor else None, page_index)
-                    done_ctx.response = PageResponse(answer.status, dict(answer.headers))
-                    pull.on_complete(answer.body, done_ctx)
+            try:
+                with self.db.begin() as conn:
+                    if self.fence is not None:
+                        self.fence(conn)
+                    now = self.clock()
+                    if deletions:
+                        keys = [self._deleted_key(applier, r) for r in fresh_rows]
+                        written, removed, conflicts = applier.apply(conn, [], deleted_keys=keys,
+                                                                    now=now)
+                    else:
+                        written, removed, conflicts = applier.apply(conn, fresh_rows, now=now)
+                    if seen is not None:
+                        for r in rows:
+                            if isinstance(r, Mapping):
+                                seen.add(applier.key_of(applier.columns(r)))
+                    full = size_param is not None and len(rows) >= size
+                    more, next_url = self._next(pager, answer, rows, full, cursor, state, advanced,
+                                                known)
+                    if cursor is not None:
+                        next_url = None  # with a cursor, a next link lives in state.nxt
+                        if name:
+                            cp.set_checkpoint(conn, name, state.dump(), now)
+                    if pull.on_complete is not None:
+                        done_ctx = PullContext(table.name, conn, self.db, now,
+                                               state.dump() if cursor else None, page_index)
+                        done_ctx.response = PageResponse(answer.status, dict(answer.headers))
+                        pull.on_complete(answer.body, done_ctx)
+            except SyncError:
+                raise
+            except Exception as exc:  # a row the database refuses, a failing on_complete
+                raise PullError(
+                    f"{table.name}: a page of GET {answer.path} was not applied (nothing of it "
+                    f"was written; the next pull fetches it again): {type(exc).__name__}: {exc}"
+                ) from exc
             stats["pulled"] += written
             stats["deleted"] += removed
             stats["conflicts"] += len(conflicts)

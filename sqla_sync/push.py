@@ -27,6 +27,7 @@ from typing import Any
 
 from sqlalchemy import Engine, and_, delete, exists, insert, select, tuple_, update
 from sqlalchemy.engine import Connection
+from sqlalchemy.exc import SQLAlchemyError
 
 from . import outbox as ob
 from . import shadow
@@ -599,11 +600,20 @@ class Pusher:
                     }
                     if changes:
                         pk_cols = [info.columns[k] for k in info.pk_keys]
-                        conn.execute(
-                            update(info.table)
-                            .where(and_(*(c == v for c, v in zip(pk_cols, info.decode_key(key)))))
-                            .values({info.columns[k].name: v for k, v in changes.items()})
-                        )
+                        try:
+                            # A savepoint: an answer the database refuses (a NULL in
+                            # a NOT NULL column, say) must not undo the other ops.
+                            with conn.begin_nested():
+                                conn.execute(
+                                    update(info.table)
+                                    .where(and_(*(c == v for c, v in zip(
+                                        pk_cols, info.decode_key(key)))))
+                                    .values({info.columns[k].name: v
+                                             for k, v in changes.items()})
+                                )
+                        except SQLAlchemyError as exc:
+                            log.warning("%s %s: the server's answer was not written back: %s",
+                                        table_name, key, exc)
                 shadows.append({"table_name": table_name, "row_key": key, "server_key": key,
                                 "version": version, "state": state, "synced_at": now})
         shadow.upsert_many(conn, shadows)
