@@ -1,9 +1,12 @@
-"""Tests of the reference REST backend (examples/server) over real loopback HTTP.
+"""The reference REST backends' contract, over real loopback HTTP, on every backend.
 
-The library's sync tests trust this server to behave like "an existing REST API", so
-its contract — paging, filters, timestamp formats, tombstones, If-Match, idempotent
-replay, auth, the request log and every fault action — is checked here with a real
-socket and ``requests`` as the client, the way sqla_sync will talk to it.
+The library's sync tests trust these servers to behave like "an existing REST API", so
+their contract — paging, filters, timestamp formats, tombstones, If-Match, idempotent
+replay, auth, the request log and every fault action (connection drops and truncation
+included) — is checked here with a real socket and ``requests`` as the client, the way
+sqla_sync will talk to them. Every test runs once per backend (``[flask]`` =
+examples/server on its threaded WSGI server, ``[fastapi]`` = examples/fastapi_backend on
+uvicorn; see tests/backends.py).
 """
 
 from __future__ import annotations
@@ -14,7 +17,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, MutableMapping
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -22,22 +25,28 @@ from typing import Any
 import pytest
 import requests
 
-from examples.server import BackendServer
+from tests.backends import BACKEND_NAMES, BACKENDS, Backend, start_backend
 
 ROOT = Path(__file__).resolve().parents[1]
 FROZEN_MS = 1_764_149_838_123  # 2025-11-26T09:37:18.123Z
 FROZEN_ISO = "2025-11-26T09:37:18.123Z"
 
-StartServer = Callable[..., BackendServer]
+StartServer = Callable[..., Backend]
+
+
+@pytest.fixture(params=BACKEND_NAMES)
+def backend(request: pytest.FixtureRequest) -> str:
+    """The name of the backend under test ("flask" or "fastapi")."""
+    return str(request.param)
 
 
 @pytest.fixture
-def start() -> Iterator[StartServer]:
-    """Factory starting BackendServers with given options; all stopped afterwards."""
-    servers: list[BackendServer] = []
+def start(backend: str) -> Iterator[StartServer]:
+    """Factory starting servers of the backend under test; all stopped afterwards."""
+    servers: list[Backend] = []
 
-    def _start(**options: Any) -> BackendServer:
-        server = BackendServer(**options)
+    def _start(**options: Any) -> Backend:
+        server = start_backend(backend, **options)
         servers.append(server)
         return server
 
@@ -47,7 +56,7 @@ def start() -> Iterator[StartServer]:
 
 
 @pytest.fixture
-def srv(start: StartServer) -> BackendServer:
+def srv(start: StartServer) -> Backend:
     """A backend with default options (client ids, strict filter, iso, tombstones)."""
     return start()
 
@@ -59,7 +68,7 @@ def http() -> Iterator[requests.Session]:
         yield session
 
 
-def _post(http: requests.Session, srv: BackendServer, resource: str, body: dict[str, Any],
+def _post(http: requests.Session, srv: Backend, resource: str, body: dict[str, Any],
           **kwargs: Any) -> requests.Response:
     kwargs.setdefault("timeout", 5)
     return http.post(f"{srv.url}/api/{resource}", json=body, **kwargs)
@@ -68,7 +77,7 @@ def _post(http: requests.Session, srv: BackendServer, resource: str, body: dict[
 # --------------------------------------------------------------------------- CRUD
 
 
-def test_crud_with_client_ids(srv: BackendServer, http: requests.Session) -> None:
+def test_crud_with_client_ids(srv: Backend, http: requests.Session) -> None:
     created = _post(http, srv, "posts", {"id": "p1", "title": "Hi", "body": "x", "junk": 1})
     assert created.status_code == 201
     assert created.headers["ETag"] == '"1"'
@@ -130,7 +139,7 @@ def test_crud_with_server_ids(start: StartServer, http: requests.Session) -> Non
     assert _post(http, srv, "posts", {"title": "c"}).json()["id"] == 3
 
 
-def test_ids_with_encoded_slashes_are_one_segment(srv: BackendServer,
+def test_ids_with_encoded_slashes_are_one_segment(srv: Backend,
                                                    http: requests.Session) -> None:
     assert _post(http, srv, "posts", {"id": "a/b?c", "title": "t"}).status_code == 201
     got = http.get(f"{srv.url}/api/posts/a%2Fb%3Fc", timeout=5)
@@ -182,7 +191,7 @@ def test_timestamp_formats(start: StartServer, http: requests.Session, ts: str, 
         assert parsed == datetime.fromtimestamp(FROZEN_MS / 1000, tz=timezone.utc)
 
 
-def test_clock_is_strictly_increasing_and_freezable(srv: BackendServer,
+def test_clock_is_strictly_increasing_and_freezable(srv: Backend,
                                                      http: requests.Session) -> None:
     stamps = [_post(http, srv, "posts", {"id": f"p{i}"}).json()["updatedAt"] for i in range(20)]
     assert stamps == sorted(stamps) and len(set(stamps)) == 20
@@ -199,7 +208,7 @@ def test_clock_is_strictly_increasing_and_freezable(srv: BackendServer,
 # --------------------------------------------------------------------------- paging
 
 
-def _walk(http: requests.Session, srv: BackendServer, style: str) -> list[list[Any]]:
+def _walk(http: requests.Session, srv: Backend, style: str) -> list[list[Any]]:
     """Fetch every page of /api/posts with limit 100 in one paging style."""
     url = f"{srv.url}/api/posts"
     pages: list[list[Any]] = []
@@ -272,7 +281,7 @@ def test_order_is_updated_at_then_id(start: StartServer, http: requests.Session)
     assert [r["id"] for r in keyset["data"]] == [10]
 
 
-def test_limit_default_max_and_bad_params(srv: BackendServer, http: requests.Session) -> None:
+def test_limit_default_max_and_bad_params(srv: Backend, http: requests.Session) -> None:
     srv.store.seed("posts", [{"id": f"p{i:04d}"} for i in range(1100)])
     url = f"{srv.url}/api/posts"
     assert len(http.get(url, timeout=5).json()["data"]) == 100
@@ -287,7 +296,7 @@ def test_limit_default_max_and_bad_params(srv: BackendServer, http: requests.Ses
 # --------------------------------------------------------------------------- deletes
 
 
-def test_tombstones_and_deletions_feed(srv: BackendServer, http: requests.Session) -> None:
+def test_tombstones_and_deletions_feed(srv: Backend, http: requests.Session) -> None:
     created = _post(http, srv, "posts", {"id": "p1", "title": "t"}).json()
     _post(http, srv, "posts", {"id": "p2"})
     assert http.delete(f"{srv.url}/api/posts/p1", timeout=5).status_code == 204
@@ -322,7 +331,7 @@ def test_hard_deletes_still_feed_deletions(start: StartServer, http: requests.Se
 # --------------------------------------------------------------------------- If-Match
 
 
-def test_if_match_precondition(srv: BackendServer, http: requests.Session) -> None:
+def test_if_match_precondition(srv: Backend, http: requests.Session) -> None:
     _post(http, srv, "posts", {"id": "p1", "title": "v1"})
     url = f"{srv.url}/api/posts/p1"
     stale = http.put(url, json={"title": "x"}, headers={"If-Match": '"7"'}, timeout=5)
@@ -341,7 +350,7 @@ def test_if_match_precondition(srv: BackendServer, http: requests.Session) -> No
 # --------------------------------------------------------------------------- idempotency
 
 
-def test_idempotency_key_replays_without_redoing(srv: BackendServer,
+def test_idempotency_key_replays_without_redoing(srv: Backend,
                                                  http: requests.Session) -> None:
     key = {"Idempotency-Key": "k-1"}
     first = _post(http, srv, "posts", {"id": "p1", "title": "t"}, headers=key)
@@ -367,7 +376,7 @@ def test_idempotency_key_replays_without_redoing(srv: BackendServer,
 # --------------------------------------------------------------------------- faults
 
 
-def test_fault_status_with_retry_after(srv: BackendServer, http: requests.Session) -> None:
+def test_fault_status_with_retry_after(srv: Backend, http: requests.Session) -> None:
     srv.faults.add(method="POST", path="/api/posts", action="status", status=503,
                    headers={"Retry-After": "2"})
     failed = _post(http, srv, "posts", {"id": "p1"})
@@ -377,7 +386,7 @@ def test_fault_status_with_retry_after(srv: BackendServer, http: requests.Sessio
     assert _post(http, srv, "posts", {"id": "p1"}).status_code == 201
 
 
-def test_fault_rules_over_http_with_skip_and_times(srv: BackendServer,
+def test_fault_rules_over_http_with_skip_and_times(srv: Backend,
                                                    http: requests.Session) -> None:
     rules = {"rules": [{"method": "GET", "path": "/api/comments", "skip": 1, "times": 2,
                         "action": "status", "status": 429, "headers": {"Retry-After": "1"},
@@ -395,7 +404,7 @@ def test_fault_rules_over_http_with_skip_and_times(srv: BackendServer,
     assert bad.status_code == 400
 
 
-def test_fault_drop_before(srv: BackendServer, http: requests.Session) -> None:
+def test_fault_drop_before(srv: Backend, http: requests.Session) -> None:
     srv.faults.add(method="POST", action="drop_before")
     with pytest.raises(requests.ConnectionError):
         _post(http, srv, "posts", {"id": "p1"}, headers={"Idempotency-Key": "k"})
@@ -404,7 +413,7 @@ def test_fault_drop_before(srv: BackendServer, http: requests.Session) -> None:
     assert retry.status_code == 201 and "Idempotent-Replayed" not in retry.headers
 
 
-def test_fault_drop_after_commit_then_idempotent_retry(srv: BackendServer,
+def test_fault_drop_after_commit_then_idempotent_retry(srv: Backend,
                                                        http: requests.Session) -> None:
     srv.faults.add(method="POST", action="drop_after_commit")
     key = {"Idempotency-Key": "outbox-1"}
@@ -419,7 +428,7 @@ def test_fault_drop_after_commit_then_idempotent_retry(srv: BackendServer,
     assert without_key.status_code == 409
 
 
-def test_fault_malformed_truncated_wrong_type(srv: BackendServer,
+def test_fault_malformed_truncated_wrong_type(srv: Backend,
                                               http: requests.Session) -> None:
     srv.faults.set_rules([
         {"path": "/api/posts/m", "action": "malformed"},
@@ -447,7 +456,7 @@ def test_fault_malformed_truncated_wrong_type(srv: BackendServer,
     assert http.get(f"{srv.url}/api/posts/w", timeout=5).json()["title"] == "x"
 
 
-def test_fault_delay_causes_client_timeout(srv: BackendServer,
+def test_fault_delay_causes_client_timeout(srv: Backend,
                                            http: requests.Session) -> None:
     srv.faults.add(method="POST", action="delay", ms=400)
     with pytest.raises(requests.Timeout):
@@ -483,7 +492,7 @@ def test_random_faults_are_reproducible(start: StartServer) -> None:
     assert "200" in first
 
 
-def test_admin_is_never_faulted(srv: BackendServer, http: requests.Session) -> None:
+def test_admin_is_never_faulted(srv: Backend, http: requests.Session) -> None:
     srv.faults.add(action="status", status=500, times=-1)
     assert http.get(f"{srv.url}/__admin/rows/posts", timeout=5).status_code == 200
     assert http.get(f"{srv.url}/api/posts", timeout=5).status_code == 500
@@ -493,7 +502,7 @@ def test_admin_is_never_faulted(srv: BackendServer, http: requests.Session) -> N
 # --------------------------------------------------------------------------- request log
 
 
-def test_request_log_keeps_the_raw_target(srv: BackendServer, http: requests.Session) -> None:
+def test_request_log_keeps_the_raw_target(srv: Backend, http: requests.Session) -> None:
     raw = "/api/posts/..%2Fadmin%2Fx%3Fy%3D1"
     response = http.get(f"{srv.url}{raw}", headers={"X-Trace": "abc"}, timeout=5)
     assert response.status_code == 404
@@ -533,7 +542,7 @@ def test_bearer_token_and_rotation(start: StartServer, http: requests.Session) -
 # --------------------------------------------------------------------------- admin
 
 
-def test_admin_seed_rows_edit_delete_reset(srv: BackendServer, http: requests.Session) -> None:
+def test_admin_seed_rows_edit_delete_reset(srv: Backend, http: requests.Session) -> None:
     admin = f"{srv.url}/__admin"
     seeded = http.post(f"{admin}/seed/posts", timeout=5, json=[
         {"id": "b", "title": "B", "updatedAt": FROZEN_ISO, "version": 4},
@@ -561,7 +570,7 @@ def test_admin_seed_rows_edit_delete_reset(srv: BackendServer, http: requests.Se
 # --------------------------------------------------------------------------- transport
 
 
-def test_keep_alive_nodelay_and_quiet(srv: BackendServer, http: requests.Session,
+def test_keep_alive_nodelay_and_quiet(srv: Backend, http: requests.Session,
                                       capfd: pytest.CaptureFixture[str]) -> None:
     _post(http, srv, "posts", {"id": "p1"})
     began = time.perf_counter()
@@ -586,10 +595,10 @@ def test_stop_is_fast_and_closes_idle_connections(start: StartServer,
         http.get(f"{srv.url}/api/posts", timeout=2)
 
 
-def test_cli_subprocess_serves_and_exits_on_sigterm() -> None:
+def test_cli_subprocess_serves_and_exits_on_sigterm(backend: str) -> None:
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     proc = subprocess.Popen(
-        [sys.executable, "-m", "examples.server", "--port", "0", "--id-mode", "server",
+        [sys.executable, "-m", BACKENDS[backend].module, "--port", "0", "--id-mode", "server",
          "--ts", "epoch_ms"],
         cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )
@@ -611,3 +620,105 @@ def test_cli_subprocess_serves_and_exits_on_sigterm() -> None:
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+        for pipe in (proc.stdout, proc.stderr):
+            if pipe is not None:
+                pipe.close()
+
+
+# --------------------------------------------------------------------------- parity
+
+
+def _exchange(srv: Backend) -> tuple[list[Any], list[dict[str, Any]]]:
+    """One scripted conversation: (normalized answers, normalized request log)."""
+    srv.store.freeze_clock(FROZEN_MS)
+    srv.store.seed("comments", [{"id": f"c{i}", "content": str(i)} for i in range(3)])
+    json_type = {"Content-Type": "application/json"}
+    calls: list[tuple[str, str, bytes | None, dict[str, str]]] = [
+        ("POST", "/api/posts", b'{"id": "a/b", "title": "t"}', {**json_type,
+                                                                "Idempotency-Key": "k"}),
+        ("POST", "/api/posts", b'{"id": "a/b", "title": "t"}', {**json_type,
+                                                                "Idempotency-Key": "k"}),
+        ("GET", "/api/posts/a%2Fb", None, {"X-Trace": "1"}),
+        ("PUT", "/api/posts/a%2Fb", b'{"title": "u"}', {**json_type, "If-Match": '"9"'}),
+        ("PATCH", "/api/posts/a%2Fb", b'{"title": "u"}', {**json_type, "If-Match": '"1"'}),
+        ("GET", "/api/comments?limit=2&updated_after=", None, {}),
+        ("GET", "/api/comments?limit=2&page=2", None, {}),
+        ("DELETE", "/api/posts/a%2Fb", None, {}),
+        ("DELETE", "/api/posts/a%2Fb", None, {}),
+        ("GET", "/api/posts/deleted?since=0", None, {}),
+        ("POST", "/api/posts", b"not json", json_type),
+        ("OPTIONS", "/api/posts", None, {}),
+        ("HEAD", "/api/posts/x", None, {}),
+        ("GET", "/api/posts/a/b", None, {}),
+        ("GET", "/", None, {}),
+        ("GET", "/__admin/health", None, {}),
+    ]
+    answers: list[Any] = []
+    with requests.Session() as http:
+        for method, path, body, headers in calls:
+            got = http.request(method, srv.url + path, data=body, headers=headers, timeout=5)
+            kept = sorted((k.lower(), v.replace(srv.url, "BASE")) for k, v in got.headers.items()
+                          if k.lower() != "date")
+            answers.append((method, path, got.status_code, kept,
+                            got.content.replace(srv.url.encode(), b"BASE")))
+    log = []
+    for entry in srv.store.requests():
+        entry = {k: v for k, v in entry.items() if k not in ("time", "remote")}
+        entry["headers"] = {**entry["headers"], "Host": "HOST"}
+        log.append(entry)
+    return answers, log
+
+
+def test_backends_answer_alike() -> None:
+    """Same requests → same statuses, headers (but Date), bodies and request log."""
+    results = {}
+    for name in BACKEND_NAMES:
+        server = start_backend(name)
+        try:
+            results[name] = _exchange(server)
+        finally:
+            server.stop()
+    (flask_answers, flask_log), (fastapi_answers, fastapi_log) = (
+        results["flask"], results["fastapi"])
+    for flask_answer, fastapi_answer in zip(flask_answers, fastapi_answers):
+        assert flask_answer == fastapi_answer
+    assert flask_log == fastapi_log
+
+
+def test_fastapi_app_without_the_transport_extension() -> None:
+    """Served without FastAPIBackendServer's protocol, drop/truncate degrade in ASGI."""
+    import asyncio
+
+    from examples.fastapi_backend import backend_of, create_app
+
+    app = create_app()
+    backend_of(app).faults.set_rules([
+        {"path": "/api/posts/d", "action": "drop_before"},
+        {"path": "/api/posts/t", "action": "truncated"},
+    ])
+
+    async def call(path: str) -> list[dict[str, Any]]:
+        sent: list[dict[str, Any]] = []
+        scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1",
+                 "method": "GET", "scheme": "http", "path": path,
+                 "raw_path": path.encode(), "query_string": b"", "root_path": "",
+                 "headers": [(b"host", b"testserver")], "client": ("127.0.0.1", 1),
+                 "server": ("127.0.0.1", 80)}
+
+        async def receive() -> dict[str, Any]:
+            return {"type": "http.request", "body": b"", "more_body": False}
+
+        async def send(message: MutableMapping[str, Any]) -> None:
+            sent.append(dict(message))
+
+        await app(scope, receive, send)
+        return sent
+
+    dropped = asyncio.run(call("/api/posts/d"))
+    assert dropped[0]["status"] == 500
+    assert (b"connection", b"close") in dropped[0]["headers"]
+    assert dropped[1]["body"] == b""
+    truncated = asyncio.run(call("/api/posts/t"))
+    head = dict(truncated[0]["headers"])
+    assert int(head[b"content-length"]) > len(truncated[1]["body"])
+    assert truncated[1]["more_body"] is True and len(truncated) == 2, "left unfinished"
