@@ -25,7 +25,7 @@ import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
-from urllib.parse import parse_qs, unquote, urlencode, urlsplit
+from urllib.parse import parse_qs, quote, unquote, urlencode, urlsplit
 
 from .faults import FaultAction
 from .store import (
@@ -293,7 +293,7 @@ class Api:
                 return self._list(request, path, query, resource)
             if method == "POST":
                 row = self.store.create(resource, self._json_body(request))
-                location = f"{request.base_url}/api/{resource}/{row['id']}"
+                location = f"{request.base_url}/api/{resource}/{quote(str(row['id']), safe='')}"
                 return ApiResponse.json(201, row, [("ETag", f'"{row["version"]}"'),
                                                    ("Location", location)])
             return self._not_allowed("GET, POST")
