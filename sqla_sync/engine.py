@@ -29,7 +29,7 @@ from sqlalchemy import Engine, func, inspect, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from . import outbox as ob
-from .checkpoints import set_checkpoint
+from .checkpoints import get_checkpoint, set_checkpoint
 from .config import SyncConfig
 from .errors import ConfigurationError, SyncError
 from .leader import Lease, LeaseLost
@@ -180,6 +180,9 @@ class SyncEngine:
         self._commit_at: float | None = None
         self._retry_at: float | None = None
         self._started_at: float | None = None
+        with db.connect() as conn:
+            last = get_checkpoint(conn, LAST_SYNC_CHECKPOINT)
+        self._last_sync_at = float(last) if isinstance(last, (int, float)) else None
         unrouted = sorted(i.table_name for i in synced_models() if i.table_name not in self.routes)
         if unrouted:
             log.warning("Syncable tables without routes keep their ops pending: %s",

@@ -34,7 +34,7 @@ from . import shadow
 from .codec import dumps, loads
 from .conflicts import Conflict, Conflicts
 from .errors import AuthRequiredError, ForbiddenRedirectError, RouteError, TransportError
-from .mixin import ModelInfo, synced_models
+from .mixin import ModelInfo
 from .outbox import DeadLetter, OutboxOp
 from .pull import Applier
 from .retry import Errors, classify, parse_retry_after, retry_delay
@@ -132,7 +132,9 @@ class Pusher:
         self.conflicts = conflicts or Conflicts()
         #: Tables a push conflict left for the next pull to settle.
         self.needs_pull: set[str] = set()
-        self._infos = {info.table_name: info for info in synced_models()}
+        # The models the routes chose: with two models of one table name in the
+        # process (two declarative bases), only the routed one is ours.
+        self._infos = {name: table.info for name, table in routes.items()}
         self._children: dict[str, list[tuple[ModelInfo, tuple[str, ...]]]] = {}
         for info in self._infos.values():
             for parent, keys in info.parents:
@@ -253,7 +255,7 @@ class Pusher:
                     referenced.update(parents)
                     if ready and len(wave) < self.batch_size:
                         wave.append(op)
-                    else:
+                    elif op.id not in attempted:
                         held += 1
         return wave, held
 

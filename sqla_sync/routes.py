@@ -241,6 +241,8 @@ class Routes:
     :param deletions: a separate feed of deleted keys.
     :param version_field: the server field holding the row version, if any
         (an ``ETag`` header takes precedence).
+    :param model: the Syncable model of the table, needed only when two models
+        in the process share the table name (two declarative bases, say).
     """
 
     push: Push | None = None
@@ -248,6 +250,7 @@ class Routes:
     fields: Mapping[str, str] = dataclasses.field(default_factory=dict)
     deletions: Pull | None = None
     version_field: str | None = "version"
+    model: type[Any] | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "fields", dict(self.fields))
@@ -311,20 +314,32 @@ def define_routes(routes: Mapping[str, Routes]) -> RouteTable:
     placeholder that names no column or field, a push without a create,
     update or delete request, or a rename of an unknown column.
     """
-    models = {info.table_name: info for info in synced_models()}
+    models: dict[str, list[ModelInfo]] = {}
+    for found in synced_models():
+        models.setdefault(found.table_name, []).append(found)
     bound: dict[str, TableRoutes] = {}
     for name, table_routes in routes.items():
         if not isinstance(table_routes, Routes):
             raise ConfigurationError(
                 f"routes[{name!r}] must be a Routes(...), not {type(table_routes).__name__}"
             )
-        info = models.get(name)
-        if info is None:
+        candidates = models.get(name, [])
+        if table_routes.model is not None:
+            candidates = [c for c in candidates if c.mapper.class_ is table_routes.model]
+        if not candidates:
             known = ", ".join(sorted(models)) or "none defined yet"
             raise ConfigurationError(
                 f"routes name table {name!r}, but no Syncable model has that __tablename__ "
                 f"(synced tables: {known}); define the model before define_routes()"
             )
+        if len(candidates) > 1:
+            names = ", ".join(sorted(f"{c.mapper.class_.__module__}.{c.mapper.class_.__name__}"
+                                     for c in candidates))
+            raise ConfigurationError(
+                f"routes name table {name!r}, which several Syncable models map ({names}); "
+                f"say which with Routes(model=...)"
+            )
+        info = candidates[0]
         unknown = [col for col in table_routes.fields if col not in info.keys]
         if unknown:
             raise ConfigurationError(

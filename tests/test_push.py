@@ -7,8 +7,8 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from sqlalchemy import Engine, select
-from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy import Engine, String, select
+from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
 
 from examples.server.run import BackendServer
 from sqla_sync import (
@@ -19,6 +19,7 @@ from sqla_sync import (
     Request,
     Routes,
     Schedule,
+    Syncable,
     SyncConfig,
     SyncEngine,
     SyncError,
@@ -506,3 +507,27 @@ def test_a_bad_method_and_base_url_are_refused(engine: Engine) -> None:
         Request("FETCH", "/a")
     with pytest.raises(ConfigurationError, match="absolute http"):
         start_sync(engine, SyncConfig(base_url="api.example.com", routes=article_routes()))
+
+
+def test_two_models_of_one_table_name_must_be_told_apart() -> None:
+    class BaseA(DeclarativeBase):
+        pass
+
+    class BaseB(DeclarativeBase):
+        pass
+
+    class DupA(Syncable, BaseA):
+        __tablename__ = "dup_rows"
+        id: Mapped[str] = mapped_column(String(10), primary_key=True)
+
+    class DupB(Syncable, BaseB):
+        __tablename__ = "dup_rows"
+        id: Mapped[str] = mapped_column(String(10), primary_key=True)
+        body: Mapped[str] = mapped_column(String(10))
+
+    push = Push(create=Request("POST", "/a"), update=Request("PUT", "/a/{id}"),
+                delete=Request("DELETE", "/a/{id}"))
+    with pytest.raises(ConfigurationError, match=r"several Syncable models.*Routes\(model="):
+        define_routes({"dup_rows": Routes(push=push)})
+    chosen = define_routes({"dup_rows": Routes(push=push, model=DupB)})
+    assert chosen["dup_rows"].info.mapper.class_ is DupB
