@@ -174,9 +174,13 @@ def codec_for(column: Column[Any]) -> Codec:
     return Codec(column.key, encode, decode)
 
 
+# One encoder for every call: json.dumps with keyword arguments builds a new one.
+_ENCODER = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+
+
 def dumps(value: Any) -> str:
     """Compact, deterministic JSON text of an already encoded value."""
-    return json.dumps(value, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+    return _ENCODER.encode(value)
 
 
 def loads(text: str) -> Any:

@@ -15,6 +15,7 @@ column) so that no flush ever has to inspect the mapper again.
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator, Mapping
+from json.encoder import encode_basestring
 from typing import Any, ClassVar
 
 from sqlalchemy import event, inspect
@@ -146,7 +147,15 @@ class ModelInfo:
 
     def encode_key(self, values: Iterable[Any]) -> str:
         """The outbox/shadow text of a primary key: a JSON array of its encoded values."""
-        return dumps([codec.encode(v) for codec, v in zip(self.pk_codecs, values)])
+        encoded = [codec.encode(v) for codec, v in zip(self.pk_codecs, values)]
+        if len(encoded) == 1:
+            # The common single string or integer key, as dumps() would write it.
+            only = encoded[0]
+            if type(only) is str:
+                return "[" + encode_basestring(only) + "]"
+            if type(only) is int:
+                return f"[{only}]"
+        return dumps(encoded)
 
     def decode_key(self, text: str) -> tuple[Any, ...]:
         """The primary key values of a key text written by :meth:`encode_key`."""

@@ -29,7 +29,7 @@ import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
-from sqlalchemy import Engine, and_, delete, insert, select, tuple_, update
+from sqlalchemy import Engine, and_, bindparam, delete, insert, select, tuple_, update
 from sqlalchemy.engine import Connection
 
 from . import checkpoints as cp
@@ -187,6 +187,16 @@ def _norm_version(value: Any) -> str | None:
     return text.strip('"')
 
 
+@dataclasses.dataclass
+class _Writes:
+    """Row writes of one page, grouped by the columns they set."""
+
+    inserts: dict[tuple[str, ...], list[dict[str, Any]]] = dataclasses.field(
+        default_factory=dict)
+    updates: dict[tuple[str, ...], list[dict[str, Any]]] = dataclasses.field(
+        default_factory=dict)
+
+
 class Applier:
     """Writes server rows of one table into the local database, with conflicts."""
 
@@ -292,6 +302,36 @@ class Applier:
                 {info.columns[k].name: v for k, v in changes.items()}))
         return bool(changes)
 
+    def _queue_row(self, batch: _Writes, key: str, values: Mapping[str, Any],
+                   local: Mapping[str, Any] | None) -> bool:
+        """Like :meth:`_write_row`, but collected and written per page in a few
+        executemany statements (one per set of written columns)."""
+        info = self.info
+        if local is None:
+            names = tuple(sorted(values))
+            batch.inserts.setdefault(names, []).append(
+                {info.columns[k].name: v for k, v in values.items()})
+            return True
+        changes = {k: v for k, v in values.items()
+                   if k not in info.pk_keys and local.get(k) != v}
+        if changes:
+            params = {f"_set_{k}": v for k, v in changes.items()}
+            params.update({f"_pk_{k}": local[k] for k in info.pk_keys})
+            batch.updates.setdefault(tuple(sorted(changes)), []).append(params)
+        return bool(changes)
+
+    def _flush(self, conn: Connection, batch: _Writes) -> None:
+        info = self.info
+        for rows in batch.inserts.values():
+            conn.execute(insert(info.table), rows)
+        for names, params in batch.updates.items():
+            stmt = (
+                update(info.table)
+                .where(and_(*(info.columns[k] == bindparam(f"_pk_{k}") for k in info.pk_keys)))
+                .values({info.columns[k].name: bindparam(f"_set_{k}") for k in names})
+            )
+            conn.execute(stmt, params)
+
     def _delete_row(self, conn: Connection, key: str) -> bool:
         return bool(conn.execute(delete(self.info.table).where(self._pk_where(key))).rowcount)
 
@@ -340,6 +380,7 @@ class Applier:
         conflicts: list[Conflict] = []
         new_shadows: list[dict[str, Any]] = []
         gone: list[str] = []
+        batch = _Writes()
         for key, (values, row) in last.items():
             local = locals_.get(key)
             ops = pending.get(key)
@@ -368,9 +409,10 @@ class Applier:
                     deleted += self._delete_row(conn, key)
                 gone.append(key)
                 continue
-            written += self._write_row(conn, key, values, local)
+            written += self._queue_row(batch, key, values, local)
             new_shadows.append(self._shadow(key, row, now))
-        shadow.upsert_many(conn, new_shadows)
+        self._flush(conn, batch)
+        shadow.upsert_many(conn, new_shadows, existing=shadows)
         shadow.delete_many(conn, self.table.name, gone)
         return written, deleted, conflicts
 
@@ -704,6 +746,7 @@ class Puller:
         :return: (new rows, whether the cursor value moved past its old value).
         """
         start = None if state.value is None else _order_value(state.value)
+        current = start
         ties = set(map(_tie, state.ties))
         fresh = []
         advanced = False
@@ -716,9 +759,9 @@ class Puller:
             if start is not None and (_lt(order, start) or (order == start and _tie(key) in ties)):
                 continue
             fresh.append(row)
-            current = None if state.value is None else _order_value(state.value)
             if current is None or _lt(current, order):
                 state.value, state.key, state.ties = value, key, [key]
+                current = order
                 advanced = True
             elif order == current:
                 state.key = key

@@ -54,12 +54,23 @@ _delete_one = delete(shadow).where(
 )
 
 
-def upsert_many(conn: Connection, rows: Sequence[Mapping[str, Any]]) -> None:
+def upsert_many(conn: Connection, rows: Sequence[Mapping[str, Any]],
+                existing: Iterable[str] | None = None) -> None:
     """Write shadow rows (dicts with table_name, row_key, server_key, version,
-    state (a JSON-ready value), synced_at); existing ones are replaced."""
+    state (a JSON-ready value), synced_at); existing ones are replaced.
+
+    :param existing: the row keys that may have a shadow already, when the
+        caller knows them (the others are only inserted); None: any may.
+    """
     if not rows:
         return
-    conn.execute(_delete_one, [{"t": r["table_name"], "k": r["row_key"]} for r in rows])
+    if existing is None:
+        old = [{"t": r["table_name"], "k": r["row_key"]} for r in rows]
+    else:
+        known = set(existing)
+        old = [{"t": r["table_name"], "k": r["row_key"]} for r in rows if r["row_key"] in known]
+    if old:
+        conn.execute(_delete_one, old)
     conn.execute(
         insert(shadow),
         [
