@@ -57,6 +57,7 @@ class ModelInfo:
         "impls",
         "keys",
         "mapper",
+        "pk_bits",
         "pk_codecs",
         "pk_keys",
         "read_only",
@@ -98,6 +99,9 @@ class ModelInfo:
             raise ConfigurationError(f"{mapper.class_.__name__} has no primary key")
         self.pk_keys: tuple[str, ...] = tuple(pk_keys)
         self.pk_codecs: tuple[Codec, ...] = tuple(self.codecs[k] for k in pk_keys)
+        self.pk_bits = 0
+        for key in pk_keys:
+            self.pk_bits |= self.bits[key]
         # Attribute implementations exist once the registry is configured; they
         # are looked up on first use (see :meth:`impl_for`).
         self.impls: dict[str, Any] = {}

@@ -462,9 +462,7 @@ class Applier:
             for k in info.keys:
                 if merged.get(k) != remote_cols.get(k):
                     mask |= info.bits[k]
-            write_ops(conn, [{"table_name": self.table.name, "row_key": key, "lane": 0,
-                              "op": OP_UPDATE, "changed": mask, "state": None,
-                              "changed_at": now, "created_at": now}])
+            write_ops(conn, [(self.table.name, key, OP_UPDATE, mask, None, now, now)])
         return dataclasses.replace(conflict, resolution=outcome), outcome
 
     def _rebase(self, conn: Connection, key: str, ops: list[ob.OutboxOp], *,

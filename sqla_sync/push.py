@@ -235,6 +235,9 @@ class Pusher:
                     break
                 after = window[-1].id
                 parents_of = self._parent_keys(conn, window)
+                # A parent's pending insert holds its children back even when
+                # it was captured after them (rows of one table, one flush).
+                creating = {(op.table_name, op.row_key) for op in window if op.op == OP_INSERT}
                 for op in window:
                     row = (op.table_name, op.row_key)
                     parents = parents_of.get(op.id, ())
@@ -245,7 +248,8 @@ class Pusher:
                         and row not in blocked
                         and op.next_attempt_at <= now
                         and op.id not in attempted
-                        and not any(p in blocked for p in parents)
+                        and not any(p in blocked or (p in creating and p != row)
+                                    for p in parents)
                         and not (op.op == OP_DELETE and row in referenced)
                     )
                     if op.next_attempt_at > now and (self._soonest is None

@@ -28,6 +28,7 @@ from sqlalchemy import (
     String,
     Table,
     Text,
+    text,
 )
 from sqlalchemy.engine import Connection
 
@@ -75,19 +76,20 @@ outbox = Table(
     Column("table_name", String(64), nullable=False),
     Column("row_key", String(500), nullable=False),
     # 0 while the op can absorb later changes; the op's own id once claimed.
-    Column("lane", BigInteger, nullable=False, default=0),
+    Column("lane", BigInteger, nullable=False, server_default=text("0")),
     Column("op", String(8), nullable=False),
     # Bit i set: the model's i-th synced column changed (see capture.ModelInfo).
-    Column("changed", BigInteger, nullable=False, default=0),
+    Column("changed", BigInteger, nullable=False, server_default=text("0")),
     # JSON row state stored at capture (deletes); other ops read the row at push.
     Column("state", Text, nullable=True),
     Column("changed_at", Double, nullable=False),
     Column("created_at", Double, nullable=False),
     Column("idempotency_key", String(64), nullable=True),
-    Column("attempts", Integer, nullable=False, default=0),
-    Column("next_attempt_at", Double, nullable=False, default=0.0),
+    Column("attempts", Integer, nullable=False, server_default=text("0")),
+    Column("next_attempt_at", Double, nullable=False, server_default=text("0")),
     Column("last_error", Text, nullable=True),
-    Column("status", String(10), nullable=False, default=STATUS_PENDING),
+    # Defaults live in the database: capture sends only what it knows.
+    Column("status", String(10), nullable=False, server_default=text(f"'{STATUS_PENDING}'")),
     # Set when a push claims the op (its lane is then its id), cleared on release.
     Column("claimed_at", Double, nullable=True),
     Index(None, "table_name", "row_key", "lane", unique=True),
