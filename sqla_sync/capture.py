@@ -180,50 +180,46 @@ def write_ops(connection: Connection, rows: Sequence[tuple[Any, ...]]) -> None:
 class _Batch:
     """The ops of one flush or statement, folded per row before they are written.
 
-    Per model: row key -> [op, change mask, state].  Plain lists,
-    no per-row dicts: a flush of 20,000 rows should allocate as little as it can.
+    Per model: row key -> the upsert's parameter tuple (:data:`OP_COLUMNS`
+    order), replaced when a later change of the row folds into it: one object
+    per row, so that a flush of 20,000 rows allocates as little as it can.
     """
 
     __slots__ = ("now", "ops")
 
     def __init__(self, now: float) -> None:
         self.now = now
-        self.ops: dict[ModelInfo, dict[str, list[Any]]] = {}
+        self.ops: dict[ModelInfo, dict[str, tuple[Any, ...]]] = {}
 
     def add(self, info: ModelInfo, key: str, op: str, mask: int, state: str | None) -> None:
         rows = self.ops.get(info)
         if rows is None:
             rows = self.ops[info] = {}
         known = rows.get(key)
-        if known is None:
-            rows[key] = [op, mask, state]
-            return
-        known[0] = fold(known[0], op)
-        known[1] |= mask
-        known[2] = state
+        if known is not None:
+            op, mask = fold(known[2], op), known[3] | mask
+        rows[key] = (info.table_name, key, op, mask, state, self.now, self.now)
 
     def params(self) -> list[tuple[Any, ...]]:
         """Upsert parameters in the order the ops get their ids: parents'
         inserts and updates before children's, children's deletes before
         parents'.  (Within a table the order is the unit of work's; push
         waits for a parent's pending insert wherever it stands in the queue.)"""
-        now = self.now
+        if len(self.ops) == 1:
+            [rows] = self.ops.values()
+            return [row for row in rows.values() if row[2] != _NONE]
         out: list[tuple[Any, ...]] = []
-        infos = sorted(self.ops, key=lambda i: i.depth) if len(self.ops) > 1 else list(self.ops)
         deletes: list[tuple[int, tuple[Any, ...]]] = []
-        for info in infos:
-            name = info.table_name
-            for key, (op, mask, state) in self.ops[info].items():
-                if op == _NONE:
+        for info in sorted(self.ops, key=lambda i: i.depth):
+            for row in self.ops[info].values():
+                if row[2] == _NONE:
                     continue  # created and deleted within this batch: nothing to record
-                row = (name, key, op, mask, state, now, now)
-                if op == OP_DELETE and len(infos) > 1:
+                if row[2] == OP_DELETE:
                     deletes.append((info.depth, row))
                 else:
                     out.append(row)
-        if deletes:
-            deletes.sort(key=lambda item: -item[0])
-            out.extend(row for _, row in deletes)
+        deletes.sort(key=lambda item: -item[0])
+        out.extend(row for _, row in deletes)
         return out
 
 
