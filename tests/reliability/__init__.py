@@ -1,0 +1,1 @@
+"""Reliability suites: crash, fault and convergence tests (marker ``reliability``)."""
