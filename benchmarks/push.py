@@ -326,16 +326,22 @@ class Variant:
 
 
 def run_scenario(
-    scenario: Scenario, scale: int, batch_sizes: Sequence[int], directory: Path, verbose: bool
+    scenario: Scenario,
+    scale: int,
+    batch_sizes: Sequence[int],
+    directory: Path,
+    *,
+    reps: int,
+    verbose: bool,
 ) -> list[tuple[Goal, int, float]]:
-    """Time every variant ``REPS`` times, taking turns; print ratios, return (goal, B, ratio)."""
+    """Time every variant ``reps`` times, taking turns; print ratios, return (goal, B, ratio)."""
     rows = scenario.rows // scale
     bodies = make_bodies(rows)
     bare = Variant()
     variants = [bare] + [Variant(g.concurrency, b) for b in batch_sizes for g in scenario.goals]
     times: dict[Variant, list[float]] = {v: [] for v in variants}
     with Backend(scenario.delay_ms) as backend:
-        for rep in range(REPS):
+        for rep in range(reps):
             # Take turns, and rotate who goes first, so drift hits all alike.
             shift = rep % len(variants)
             for variant in variants[shift:] + variants[:shift]:
@@ -369,15 +375,16 @@ def _load() -> str:
     return " ".join(f"{x:.2f}" for x in os.getloadavg())
 
 
-def benchmark(quick: bool, batch_sizes: Sequence[int], verbose: bool) -> bool:
+def benchmark(quick: bool, batch_sizes: Sequence[int], reps: int, verbose: bool) -> bool:
     scale = 10 if quick else 1
-    print(f"push: push_batch_size {', '.join(map(str, batch_sizes))}, median of {REPS} runs"
+    print(f"push: push_batch_size {', '.join(map(str, batch_sizes))}, median of {reps} runs"
           f"{', quick (1/10 sizes)' if quick else ''}; load average {_load()}", flush=True)
     verdicts: list[str] = []
     passed = True
     with tempfile.TemporaryDirectory(prefix="sqla_sync_push_") as tmp:
         for scenario in SCENARIOS:
-            outcomes = run_scenario(scenario, scale, batch_sizes, Path(tmp), verbose)
+            outcomes = run_scenario(scenario, scale, batch_sizes, Path(tmp),
+                                    reps=reps, verbose=verbose)
             for goal, batch_size, ratio in outcomes:
                 ok = ratio <= goal.limit
                 passed &= ok
@@ -435,6 +442,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         help=f"push_batch_size values to compare, e.g. 10,50,100,200 "
              f"(default {DEFAULT_BATCH_SIZE})",
     )
+    parser.add_argument("--reps", type=int, default=REPS,
+                        help=f"runs per variant, median reported (default {REPS})")
     parser.add_argument("--verbose", action="store_true", help="print every run's time")
     parser.add_argument("--profile", action="store_true",
                         help="cProfile one sqla_sync push of scenario a) at c=1")
@@ -447,7 +456,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.profile:
         profile(args.quick, args.batch_sizes[0], args.top, args.restrict)
         return 0
-    return 0 if benchmark(args.quick, args.batch_sizes, args.verbose) else 1
+    return 0 if benchmark(args.quick, args.batch_sizes, max(1, args.reps), args.verbose) else 1
 
 
 if __name__ == "__main__":
