@@ -117,8 +117,11 @@ def run(db_path: Path) -> int:
     with Session() as session:
         session.add(Post(id=-1, title="Trip to the coast"))
         session.flush()  # the parent's insert comes before its children's
-        session.add_all([Comment(id=-1, post_id=-1, content="pack a jacket"),
-                         Comment(id=-2, post_id=-1, content="check the tides")])
+        # One flush per comment: within one flush the unit of work orders rows of
+        # a table as it likes, and the printed server ids should not vary.
+        session.add(Comment(id=-1, post_id=-1, content="pack a jacket"))
+        session.flush()
+        session.add(Comment(id=-2, post_id=-1, content="check the tides"))
         session.commit()
     with Session() as session:
         comments = session.scalars(select(Comment).order_by(Comment.id.desc())).all()
