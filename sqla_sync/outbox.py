@@ -44,8 +44,9 @@ class OutboxOp:
     """One outbox row, as read: a pending (or dead-lettered) change of one synced row.
 
     :ivar changed: bit mask of changed columns (see ``ModelInfo.changed_keys``).
-    :ivar state: the row as JSON stored at capture (deletes), else None: the
-        row is read when it is pushed.
+    :ivar state: deletes: the row as JSON stored at capture; inserts and
+        updates: None until first claimed (the row is read when it is pushed),
+        then the row as first sent (see :func:`claim`).
     """
 
     id: int
@@ -179,18 +180,28 @@ def _error_fields(text: str | None) -> dict[str, Any]:
     return data if isinstance(data, dict) else {"error": text}
 
 
-def claim(conn: Connection, ops: Sequence[OutboxOp], now: float) -> dict[int, str]:
+def claim(conn: Connection, ops: Sequence[OutboxOp], now: float,
+          states: Mapping[int, Any] | None = None) -> dict[int, str]:
     """Mark ``ops`` in flight: each moves to its own lane (so no later change
     folds into it) and gets its Idempotency-Key, kept for every attempt.
 
+    :param states: op id -> the row as it is about to be sent (JSON-ready), for
+        inserts and updates.  Only the first one is kept: it is what a server
+        that honours the Idempotency-Key applied if an answer was lost, so a
+        later pull can tell the echo of that attempt from another client's
+        change.  A delete keeps the state stored at capture.
     :return: op id -> idempotency key.
     """
     keys = {op.id: op.idempotency_key or uuid.uuid4().hex for op in ops}
+    states = states or {}
     conn.execute(
         update(outbox)
         .where(outbox.c.id == bindparam("op_id"))
-        .values(lane=bindparam("op_id"), claimed_at=now, idempotency_key=bindparam("key")),
-        [{"op_id": op_id, "key": key} for op_id, key in keys.items()],
+        .values(lane=bindparam("op_id"), claimed_at=now, idempotency_key=bindparam("key"),
+                state=func.coalesce(outbox.c.state, bindparam("sent", type_=outbox.c.state.type))),
+        [{"op_id": op_id, "key": key,
+          "sent": None if states.get(op_id) is None else dumps(states[op_id])}
+         for op_id, key in keys.items()],
     )
     return keys
 

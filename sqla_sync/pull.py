@@ -244,10 +244,44 @@ class Applier:
         return all(theirs.get(k) == v for k, v in mine.items())
 
     def remote_time(self, row: Mapping[str, Any] | None) -> float | None:
+        """The server's time of a row (or tombstone, or deletions-feed entry) in
+        epoch seconds, for lww; None when it has none."""
         if row is None or self.time_field is None or self.time_field not in row:
             return None
         value = _order_value(row[self.time_field])
-        return value if isinstance(value, float) else None
+        if not isinstance(value, float):
+            return None
+        # Epoch milliseconds: 1e11 seconds is in the year 5138.
+        return value / 1000.0 if value > 1e11 else value
+
+    def _server_managed(self) -> frozenset[str]:
+        """Columns the server sets itself (version, change time): left out when
+        a pulled row is compared with what was sent."""
+        names = {self.table.routes.version_field, self.time_field} - {None}
+        return frozenset(k for k in self.info.keys if self.table.server_field(k) in names)
+
+    def echo_of(self, values: Mapping[str, Any], local: Mapping[str, Any] | None,
+                ops: Sequence[ob.OutboxOp]) -> int | None:
+        """Whether a pulled row that differs from the shadow is still no conflict.
+
+        :return: the index of the last pending op whose first attempt the row
+            shows (an attempt whose answer was lost: the row is its echo, and
+            that op and the ones before it are done); -1 when the row already
+            holds the local values (nothing to decide); None for a conflict.
+        """
+        skip = self._server_managed()
+
+        def same(state: Mapping[str, Any]) -> bool:
+            return all(state[k] == v for k, v in values.items() if k not in skip and k in state)
+
+        for index in range(len(ops) - 1, -1, -1):
+            op = ops[index]
+            if op.op != OP_DELETE and op.idempotency_key is not None and op.state is not None:
+                if same(self.info.decode_row(op.state)):
+                    return index
+        if local is not None and ops[-1].op != OP_DELETE and same(local):
+            return -1
+        return None
 
     # -- reading local state ----------------------------------------------------------
 
@@ -346,12 +380,16 @@ class Applier:
         rows: Sequence[Mapping[str, Any]],
         *,
         deleted_keys: Iterable[str] = (),
+        deleted_rows: Mapping[str, Mapping[str, Any]] | None = None,
         now: float,
     ) -> tuple[int, int, list[Conflict]]:
         """Apply server rows (and keys deleted on the server) on ``conn``.
 
+        :param deleted_rows: deletions-feed entries by key, for the time of a
+            delete (lww weighs it against the local change).
         :return: (rows written, rows deleted, conflicts).
         """
+        dead: dict[str, Mapping[str, Any]] = dict(deleted_rows or {})
         decoded: list[tuple[str, dict[str, Any], Mapping[str, Any] | None]] = []
         for item in rows:
             if not isinstance(item, Mapping):
@@ -363,7 +401,11 @@ class Applier:
                 raise PullError(f"{self.table.name}: a server row could not be read: "
                                 f"{type(exc).__name__}: {exc}") from None
             key = self.key_of(values)
-            decoded.append((key, values, None if self.is_tombstone(item) else item))
+            if self.is_tombstone(item):
+                dead[key] = item
+                decoded.append((key, values, None))
+            else:
+                decoded.append((key, values, item))
         for key in deleted_keys:
             decoded.append((key, {}, None))
         if not decoded:
@@ -388,21 +430,46 @@ class Applier:
             if ops:
                 if row is not None and self.same_as_shadow(row, known):
                     continue  # our own echo, or a re-listed row: the local edit stays
-                if row is None and known is None and ops[-1].op == OP_DELETE:
-                    self._drop_ops(conn, key)  # deleted on both sides
-                    continue
-                conflict, outcome = self._resolve(conn, key, values, row, local, ops, known, now)
+                if row is None:
+                    if ops[-1].op == OP_DELETE:
+                        self._drop_ops(conn, key)  # deleted on both sides
+                        gone.append(key)
+                        continue
+                    if known is not None and known.state is None:
+                        continue  # a delete already settled for the local side
+                else:
+                    echo = self.echo_of(values, local, ops)
+                    if echo is not None:
+                        # The echo of a push whose answer was lost (those ops
+                        # are done), or the local values already: no conflict.
+                        done = ops[:echo + 1]
+                        conn.execute(delete(outbox).where(outbox.c.id.in_([o.id for o in done])))
+                        mask = 0
+                        for later in ops[echo + 1:]:
+                            mask |= later.changed if later.op == OP_UPDATE else -1
+                        if local is not None:
+                            written += self._queue_row(batch, key, {
+                                k: v for k, v in values.items()
+                                if k in self.info.pk_keys or not mask & self.info.bits[k]},
+                                local)
+                        new_shadows.append(self._shadow(key, row, now))
+                        continue
+                conflict, outcome = self._resolve(conn, key, values, row, local, ops, known, now,
+                                                  when=dead.get(key))
                 conflicts.append(conflict)
                 if outcome == "remote":
                     if row is None:
                         deleted += self._delete_row(conn, key)
-                        gone.append(key)
                     else:
                         written += self._write_row(conn, key, values, local)
                 if row is not None:
                     new_shadows.append(self._shadow(key, row, now))
                 elif outcome == "remote":
                     gone.append(key)
+                else:
+                    # The server deleted the row and the local side was kept:
+                    # remember the delete, not the row it deleted.
+                    new_shadows.append(self.deleted_shadow(key, now))
                 continue
             if row is None:
                 if local is not None:
@@ -416,12 +483,33 @@ class Applier:
         shadow.delete_many(conn, self.table.name, gone)
         return written, deleted, conflicts
 
+    def deleted_shadow(self, key: str, now: float) -> dict[str, Any]:
+        """A shadow row saying the server deleted the row (no state, no
+        version): kept while a policy keeps the local side of that delete."""
+        return {"table_name": self.table.name, "row_key": key, "server_key": key,
+                "version": None, "state": None, "synced_at": now}
+
     def _shadow(self, key: str, row: Mapping[str, Any], now: float) -> dict[str, Any]:
         vf = self.table.routes.version_field
         version = row.get(vf) if vf else None
         return {"table_name": self.table.name, "row_key": key, "server_key": key,
                 "version": None if version is None else str(version),
                 "state": dict(row), "synced_at": now}
+
+    def conflict(self, key: str, row: Mapping[str, Any] | None, local: dict[str, Any] | None,
+                 ops: Sequence[ob.OutboxOp], known: shadow.ShadowRow | None) -> Conflict:
+        """The :class:`Conflict` of a row with pending ``ops`` and server state ``row``."""
+        info = self.info
+        local_cols = None if ops[-1].op == OP_DELETE or local is None else local
+        decoded = info.decode_key(key)
+        return Conflict(
+            table=self.table.name,
+            key=decoded if len(info.pk_keys) > 1 else decoded[0],
+            local=None if local_cols is None else self.table.item(local_cols),
+            remote=None if row is None else dict(row),
+            base=None if known is None else known.state,
+            local_changed_at=max(op.changed_at for op in ops),
+        )
 
     def _resolve(
         self,
@@ -433,50 +521,65 @@ class Applier:
         ops: list[ob.OutboxOp],
         known: shadow.ShadowRow | None,
         now: float,
+        *,
+        when: Mapping[str, Any] | None = None,
     ) -> tuple[Conflict, str]:
-        """Decide and carry out one conflict; returns it and "remote", "local" or "merged"."""
+        """Decide and carry out one conflict; returns it and "remote", "local" or "merged".
+
+        :param when: for a row deleted on the server, its tombstone or
+            deletions-feed entry: lww reads the time of the delete from it.
+        """
         info = self.info
         local_cols = None if ops[-1].op == OP_DELETE or local is None else local
         remote_cols = None if row is None else {**(local or {}), **values}
         base_cols = self.columns(known.state) if known and known.state is not None else None
-        conflict = Conflict(
-            table=self.table.name,
-            key=info.decode_key(key) if len(info.pk_keys) > 1 else info.decode_key(key)[0],
-            local=None if local_cols is None else self.table.item(local_cols),
-            remote=None if row is None else dict(row),
-            base=None if known is None else known.state,
-            local_changed_at=max(op.changed_at for op in ops),
-        )
+        conflict = self.conflict(key, row, local, ops, known)
         outcome, merged = decide(
             self.conflicts, conflict, info.keys, local_cols, remote_cols, base_cols,
-            self.remote_time(row), self.columns)
+            self.remote_time(row if row is not None else when), self.columns)
         if outcome == "remote":
             self._drop_ops(conn, key)
         elif outcome == "local":
-            self._rebase(conn, key, ops, remote_exists=row is not None, now=now)
+            self._rebase(conn, key, ops, remote_exists=row is not None)
         else:
-            assert merged is not None and remote_cols is not None
+            assert merged is not None
             self._write_row(conn, key, merged, local)
-            self._drop_ops(conn, key)
-            mask = 0
-            for k in info.keys:
-                if merged.get(k) != remote_cols.get(k):
-                    mask |= info.bits[k]
-            write_ops(conn, [(self.table.name, key, OP_UPDATE, mask, None, now, now)])
+            if remote_cols is None:
+                # Merged against a deleted row: the merged row is created again.
+                self._rebase(conn, key, ops, remote_exists=False)
+            else:
+                self._drop_ops(conn, key)
+                mask = 0
+                for k in info.keys:
+                    if merged.get(k) != remote_cols.get(k):
+                        mask |= info.bits[k]
+                write_ops(conn, [(self.table.name, key, OP_UPDATE, mask, None, now, now)])
         return dataclasses.replace(conflict, resolution=outcome), outcome
 
-    def _rebase(self, conn: Connection, key: str, ops: list[ob.OutboxOp], *,
-                remote_exists: bool, now: float) -> None:
-        """Keep the local change, sent as what the server now needs to reach it."""
-        last = ops[-1]
-        if last.op == OP_DELETE:
-            return  # the delete still applies to the server's row
-        want = OP_UPDATE if remote_exists else OP_INSERT
+    def _rebase(self, conn: Connection, key: str, ops: Sequence[ob.OutboxOp], *,
+                remote_exists: bool) -> None:
+        """Keep the local change, sent as what the server now needs to reach it.
+
+        Against a server without the row the first op that writes it becomes
+        a create and later ones stay updates; against a server with the row a
+        create becomes an update.  Every kept op gets a new Idempotency-Key and
+        forgets what it first sent: an earlier attempt may have reached the
+        server, which would answer the old key from its cache without applying
+        the op.
+        """
+        exists = remote_exists
         for op in ops:
-            if op.op != want and op.op != OP_DELETE:
-                conn.execute(update(outbox).where(outbox.c.id == op.id).values(
-                    op=want, changed=self.info.all_bits if want == OP_INSERT or
-                    op.op == OP_INSERT else op.changed))
+            values: dict[str, Any] = {"idempotency_key": None}
+            if op.op == OP_DELETE:
+                exists = False
+            else:
+                values["state"] = None
+                if not exists:
+                    values.update(op=OP_INSERT, changed=self.info.all_bits)
+                    exists = True
+                elif op.op == OP_INSERT:
+                    values.update(op=OP_UPDATE, changed=self.info.all_bits)
+            conn.execute(update(outbox).where(outbox.c.id == op.id).values(values))
 
 
 # -- listing pages ---------------------------------------------------------------------
@@ -682,8 +785,9 @@ class Puller:
                     now = self.clock()
                     if deletions:
                         keys = [self._deleted_key(applier, r) for r in fresh_rows]
-                        written, removed, conflicts = applier.apply(conn, [], deleted_keys=keys,
-                                                                    now=now)
+                        entries = {k: r for k, r in zip(keys, fresh_rows) if isinstance(r, Mapping)}
+                        written, removed, conflicts = applier.apply(
+                            conn, [], deleted_keys=keys, deleted_rows=entries, now=now)
                     else:
                         written, removed, conflicts = applier.apply(conn, fresh_rows, now=now)
                     if seen is not None:

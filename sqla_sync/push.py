@@ -87,7 +87,9 @@ class PushResult:
 @dataclasses.dataclass
 class _Outcome:
     op: OutboxOp
-    kind: str  # ok | retry | dead | conflict | auth | skip
+    # ok | retry | dead | conflict | auth | skip | gone; after recording also
+    # resolved (a conflict settled) or settled (nothing left to do)
+    kind: str
     answer: Answer | None = None
     error: str = ""
     status: int | None = None
@@ -174,8 +176,11 @@ class Pusher:
             with self.db.begin() as conn:
                 if self.fence is not None:
                     self.fence(conn)
-                keys = ob.claim(conn, wave, now)
                 rows = self._read_rows(conn, wave)
+                sent = {op.id: self._infos[op.table_name].encode_row(row)
+                        for op in wave if op.op != OP_DELETE
+                        and (row := rows.get((op.table_name, op.row_key))) is not None}
+                keys = ob.claim(conn, wave, now, sent)
                 versions = self._versions(conn, wave)
             outcomes = self._send_all(wave, keys, rows, versions)
             dead_letters = self._record(outcomes)
@@ -378,9 +383,16 @@ class Pusher:
         request = getattr(push, _ROUTE_OF[op.op])
         if op.op == OP_DELETE:
             local = table.info.decode_row(op.state or {})
+        elif op.state is not None:
+            # A retry sends what the first attempt sent, under the same
+            # Idempotency-Key: the server may have applied that one.  Changes
+            # made since are in a later op of the row.
+            local = table.info.decode_row(op.state)
         elif local is None:
             # The row is gone locally; the delete that removed it follows (or
-            # pull removed it): nothing to send for this op.
+            # pull removed it): nothing to send for this op.  (A create that
+            # was sent before is replayed above even then: its answer tells
+            # the key the delete must go to, for a server-assigned id.)
             return _Outcome(op, "skip")
         try:
             item = table.item(local)
@@ -409,9 +421,13 @@ class Pusher:
             return base
         base.answer = answer
         base.status = answer.status
-        if op.op == OP_DELETE and answer.status in (404, 410):
-            base.kind = "ok"  # already gone on the server
-            return base
+        if answer.status in (404, 410):
+            if op.op == OP_DELETE:
+                base.kind = "ok"  # already gone on the server
+                return base
+            if op.op == OP_UPDATE:
+                base.kind = "gone"  # deleted on the server since the last pull
+                return base
         conflict = bool(request.conflict_when(answer.status, answer.body))
         verdict = classify(answer.status, conflict=conflict)
         if verdict == "ok":
@@ -479,9 +495,11 @@ class Pusher:
             for o in outcomes:
                 if o.kind == "conflict":
                     self._push_conflict(conn, o, now)
+                elif o.kind == "gone":
+                    self._push_gone(conn, o, now)
             for o in outcomes:
                 op = o.op
-                if o.kind == "resolved":
+                if o.kind in ("resolved", "settled"):
                     continue
                 if o.kind in ("ok", "skip"):
                     done.append(op.id)
@@ -536,6 +554,12 @@ class Pusher:
             ):
                 remote = candidate
         if remote is None:
+            known = shadow.get_many(conn, table.name, [o.op.row_key]).get(o.op.row_key)
+            if o.op.op == OP_INSERT and known is not None and known.state is None:
+                # The create revives a row the server deleted (a policy kept
+                # the local side) and the server refuses: its delete stands.
+                self._settle_gone(conn, o, table, known, now, refused=True)
+                return
             if self.conflicts.policy == "server-wins":
                 self.needs_pull.add(table.name)
                 conn.execute(delete(outbox).where(outbox.c.id == o.op.id))
@@ -559,6 +583,42 @@ class Pusher:
         self.emit_later.append(conflict)
         if outcome != "local":
             o.kind = "resolved"
+
+    def _push_gone(self, conn: Connection, o: _Outcome, now: float) -> None:
+        """An update answered 404 or 410: the row was deleted on the server
+        since the last pull.  A conflict with a deleted remote, settled by the
+        policy like one a pull meets."""
+        table = self.routes[o.op.table_name]
+        known = shadow.get_many(conn, table.name, [o.op.row_key]).get(o.op.row_key)
+        self._settle_gone(conn, o, table, known, now, refused=False)
+
+    def _settle_gone(self, conn: Connection, o: _Outcome, table: TableRoutes,
+                     known: shadow.ShadowRow | None, now: float, *, refused: bool) -> None:
+        key = o.op.row_key
+        applier = Applier(table, self.conflicts, self.clock, None)
+        ops = applier.pending(conn, [key]).get(key) or [o.op]
+        local = self._select_rows(conn, table.info, [key]).get(key)
+        if ops[-1].op == OP_DELETE:
+            # Deleted locally since: gone on both sides, nothing to decide.
+            applier._drop_ops(conn, key)
+            shadow.delete_many(conn, table.name, [key])
+            o.kind = "settled"
+            return
+        if refused:
+            conflict, outcome = applier.conflict(key, None, local, ops, known), "remote"
+            applier._drop_ops(conn, key)
+            conflict = dataclasses.replace(conflict, resolution=outcome)
+            log.warning("%s %s: the server refuses to re-create a row it deleted; "
+                        "its delete stands", table.name, key)
+        else:
+            conflict, outcome = applier._resolve(conn, key, {}, None, local, ops, known, now)
+        if outcome == "remote":
+            applier._delete_row(conn, key)
+            shadow.delete_many(conn, table.name, [key])
+        else:
+            shadow.upsert_many(conn, [applier.deleted_shadow(key, now)])
+        self.emit_later.append(conflict)
+        o.kind = "resolved"
 
     def _write_back(self, conn: Connection, successes: Sequence[_Outcome], now: float) -> None:
         """Write the server's answers to the rows and the shadow, without capture."""
@@ -595,10 +655,15 @@ class Pusher:
                     local = o.local_row or {}
                     new_pk = tuple(values.get(k, local.get(k)) for k in info.pk_keys)
                     new_key = info.encode_key(new_pk)
-                    if new_key != key and all(v is not None for v in new_pk):
-                        self._remap(conn, table, key, new_key)
-                        key = new_key
                     mask = masks.get(op.row_key, 0)
+                    if new_key != key and all(v is not None for v in new_pk):
+                        if self._remap(conn, table, key, new_key):
+                            # Merged into the pulled copy: protect what the
+                            # copy's own pending ops changed too.
+                            local = {}
+                            mask |= ob.pending_masks(conn, table_name, [new_key],
+                                                     [op.id]).get(new_key, 0)
+                        key = new_key
                     changes = {
                         k: v for k, v in values.items()
                         if k not in info.pk_keys and not (mask & info.bits[k])
@@ -622,13 +687,24 @@ class Pusher:
                                         table_name, key, exc)
                 shadows.append({"table_name": table_name, "row_key": key, "server_key": key,
                                 "version": version, "state": state, "synced_at": now})
-        shadow.upsert_many(conn, shadows)
+        # One shadow per row: two outcomes of one wave may name one row (a
+        # create whose answer was lost and an edit of its pulled copy).
+        shadow.upsert_many(conn, list({(r["table_name"], r["row_key"]): r
+                                       for r in shadows}.values()))
         for table_name, keys in gone.items():
             shadow.delete_many(conn, table_name, keys)
 
-    def _remap(self, conn: Connection, table: TableRoutes, old: str, new: str) -> None:
+    def _remap(self, conn: Connection, table: TableRoutes, old: str, new: str) -> bool:
         """Give a row the key the server assigned: in the row, its children's
-        foreign keys, its pending ops and the shadow."""
+        foreign keys, its pending ops and the shadow.
+
+        When a pull already brought the server's copy of the row in under the
+        new key (the create's first answer was lost), the two become one: the
+        copy keeps the columns the offline row's later ops did not change,
+        the offline row's edits win, and the two rows' pending ops are folded.
+
+        :return: whether the new key was taken by such a copy.
+        """
         info = table.info
         old_pk = info.decode_key(old)
         new_pk = info.decode_key(new)
@@ -638,21 +714,44 @@ class Pusher:
             return and_(*(c == v for c, v in zip(pk_cols, values)))
 
         children = self._children.get(info.table_name, [])
-        taken = conn.execute(select(exists().where(where(new_pk)))).scalar()
+        taken = bool(conn.execute(select(exists().where(where(new_pk)))).scalar())
+        ops = conn.execute(
+            select(outbox).where(outbox.c.table_name == info.table_name,
+                                 outbox.c.row_key == old, outbox.c.status == STATUS_PENDING)
+            .order_by(outbox.c.id)
+        ).all()
         referenced = any(
             conn.execute(select(exists().where(and_(
                 *(child.columns[k] == v for k, v in zip(keys, old_pk)))))).scalar()
             for child, keys in children
         )
+        row = conn.execute(select(info.table).where(where(old_pk))).mappings().first()
+        open_op = conn.execute(
+            select(outbox).where(outbox.c.table_name == info.table_name,
+                                 outbox.c.row_key == new, outbox.c.lane == 0,
+                                 outbox.c.status == STATUS_PENDING)
+        ).first()
+        if open_op is not None and open_op.op == OP_DELETE:
+            # The user deleted the server's copy of this row: the row goes.
+            taken = True
+            row = None
+        if taken:
+            edited = 0
+            for op_row in ops:
+                if op_row.op == OP_UPDATE:
+                    edited |= op_row.changed
+            if row is not None and edited:
+                conn.execute(update(info.table).where(where(new_pk)).values(
+                    {info.columns[k].name: row[info.columns[k].name]
+                     for k in info.changed_keys(edited) if k not in info.pk_keys}))
+        elif row is not None and referenced:
+            # Copy, re-point the children, delete: works with foreign keys
+            # enforced and without ON UPDATE CASCADE.
+            copy = dict(row)
+            for col, value in zip(pk_cols, new_pk):
+                copy[col.name] = value
+            conn.execute(insert(info.table).values(copy))
         if taken or referenced:
-            if not taken:
-                # Copy, re-point the children, delete: works with foreign keys
-                # enforced and without ON UPDATE CASCADE.
-                row = conn.execute(select(info.table).where(where(old_pk))).mappings().one()
-                copy = dict(row)
-                for col, value in zip(pk_cols, new_pk):
-                    copy[col.name] = value
-                conn.execute(insert(info.table).values(copy))
             for child, keys in children:
                 conn.execute(
                     update(child.table)
@@ -660,25 +759,45 @@ class Pusher:
                     .values({child.columns[k].name: v for k, v in zip(keys, new_pk)})
                 )
             conn.execute(delete(info.table).where(where(old_pk)))
-        else:
+        elif row is not None:
             conn.execute(
                 update(info.table).where(where(old_pk))
                 .values({c.name: v for c, v in zip(pk_cols, new_pk)})
             )
-        # Later ops of the row follow it; a stored delete state gets the new key.
-        for op_row in conn.execute(
-            select(outbox.c.id, outbox.c.state).where(
-                outbox.c.table_name == info.table_name, outbox.c.row_key == old,
-                outbox.c.status == STATUS_PENDING)
-        ).all():
+        # Later ops of the row follow it; a stored state gets the new key.
+        for op_row in ops:
             values: dict[str, Any] = {"row_key": new}
             if op_row.state is not None:
                 state = loads(op_row.state)
                 state.update(info.encode_row(dict(zip(info.pk_keys, new_pk))))
                 values["state"] = dumps(state)
+            if open_op is not None and op_row.lane == 0:
+                # Both rows have an open op: fold them into the copy's, as
+                # capture would have folded the changes of one row.
+                self._fold(conn, info, open_op, op_row, values.get("state"), new_pk)
+                continue
             conn.execute(update(outbox).where(outbox.c.id == op_row.id).values(values))
         shadow.rekey(conn, info.table_name, old, new)
         log.info("%s %s is %s on the server", info.table_name, old, new)
+        return taken
+
+    def _fold(self, conn: Connection, info: ModelInfo, into: Any, op_row: Any,
+              state: str | None, pk: Sequence[Any]) -> None:
+        """Fold the open op ``op_row`` of an offline row into ``into``, the open
+        op of the server's copy of the same row; a delete on either side wins."""
+        conn.execute(delete(outbox).where(outbox.c.id == op_row.id))
+        if into.op == OP_DELETE:
+            return
+        if op_row.op == OP_DELETE:
+            conn.execute(update(outbox).where(outbox.c.id == into.id).values(
+                op=OP_DELETE, state=state, changed=0,
+                changed_at=max(into.changed_at, op_row.changed_at)))
+            pk_cols = [info.columns[k] for k in info.pk_keys]
+            conn.execute(delete(info.table).where(and_(*(c == v for c, v in zip(pk_cols, pk)))))
+            return
+        conn.execute(update(outbox).where(outbox.c.id == into.id).values(
+            changed=into.changed | op_row.changed if into.op == OP_UPDATE else into.changed,
+            changed_at=max(into.changed_at, op_row.changed_at)))
 
 
 _ROUTE_OF = {OP_INSERT: "create", OP_UPDATE: "update", OP_DELETE: "delete"}

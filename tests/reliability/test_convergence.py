@@ -680,10 +680,6 @@ class Pair:
         self.db.dispose()
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError, reason=(
-    "bug 2: a kept local edit of a server-tombstoned row is re-created, refused with 409 "
-    "and never converges; "
-    "remove this mark once fixed"))
 def test_a_kept_local_edit_of_a_server_deleted_row_converges(tmp_path: Path) -> None:
     """Bug 2.  client-wins keeps a local edit of a row the server tombstoned: the op
     is rebased to an insert, the server refuses the re-create of a tombstoned id
@@ -700,9 +696,6 @@ def test_a_kept_local_edit_of_a_server_deleted_row_converges(tmp_path: Path) -> 
         pair.close()
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError, reason=(
-    "bug 3: lww ignores the time of a server delete (tombstone updatedAt / feed deletedAt); "
-    "remove this mark once fixed"))
 def test_lww_weighs_a_server_delete_by_its_time(tmp_path: Path) -> None:
     """Bug 3.  Under lww a local edit made after the server deleted the row must
     win; the tombstone carries its updatedAt (the time of the delete), but the
@@ -719,9 +712,6 @@ def test_lww_weighs_a_server_delete_by_its_time(tmp_path: Path) -> None:
         pair.close()
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError, reason=(
-    "bug 4: an update answered 404 is a dead letter, not a conflict with a deleted remote; "
-    "remove this mark once fixed"))
 @pytest.mark.parametrize(("policy", "tombstones"), [("client-wins", False),
                                                     ("server-wins", True)])
 def test_an_update_of_a_row_deleted_on_the_server_goes_to_the_policy(
@@ -737,8 +727,12 @@ def test_an_update_of_a_row_deleted_on_the_server_goes_to_the_policy(
     try:
         pair.server.store.admin_delete("posts", "p")
         pair.edit("v2")
-        pair.sync.push()
-        pair.edit("v3")
+        result = pair.sync.push()
+        assert (result.conflicts, result.dead_lettered) == (1, 0), pair.state()
+        if policy == "client-wins":
+            pair.edit("v3")  # the kept row is created again, then updated
+        else:
+            assert pair.local() is None  # the 404 settled it: the server's delete stands
         pair.settle()
         want = "v3" if policy == "client-wins" else None
         assert (pair.local(), pair.remote()) == (want, want), pair.state()
@@ -747,9 +741,6 @@ def test_an_update_of_a_row_deleted_on_the_server_goes_to_the_policy(
         pair.close()
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError, reason=(
-    "bug 5: a row deleted on both sides (with a shadow) is reported as a conflict; "
-    "remove this mark once fixed"))
 def test_a_row_deleted_locally_and_on_the_server_is_no_conflict(tmp_path: Path) -> None:
     """Bug 5 (minor).  A synced row deleted locally and on the server is reported
     as a conflict (local None, remote None) because the both-sides-deleted
@@ -771,9 +762,6 @@ def test_a_row_deleted_locally_and_on_the_server_is_no_conflict(tmp_path: Path) 
         pair.close()
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError, reason=(
-    "bug 6: a kept op keeps its Idempotency-Key and is answered from the server's cache; "
-    "remove this mark once fixed"))
 def test_a_kept_local_op_is_not_answered_from_the_idempotency_cache(tmp_path: Path) -> None:
     """Bug 6.  A PUT reaches the server but its answer is lost; another client then
     edits the row; the pull meets the pending op as a conflict and client-wins
@@ -796,9 +784,6 @@ def test_a_kept_local_op_is_not_answered_from_the_idempotency_cache(tmp_path: Pa
         pair.close()
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError, reason=(
-    "bug 7: the shadow of a row whose server delete the policy overrode is kept, so a "
-    "re-created row (version 1 again) is taken for the known one; remove this mark once fixed"))
 def test_a_row_re_created_after_a_kept_delete_is_seen(tmp_path: Path) -> None:
     """Bug 7.  On a server that deletes for good, another client deletes "p" and then
     creates "p" again (version 1 again); meanwhile the user edited "p".  The pull
@@ -820,9 +805,6 @@ def test_a_row_re_created_after_a_kept_delete_is_seen(tmp_path: Path) -> None:
         pair.close()
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError, reason=(
-    "bug 8: a rebase onto a deleted remote turns every pending op of the row into an "
-    "insert; remove this mark once fixed"))
 def test_a_rebase_onto_a_deleted_row_makes_one_insert(tmp_path: Path) -> None:
     """Bug 8.  A row has two pending ops (an update waiting for its retry, and a later
     edit); the server deletes the row; client-wins keeps the local side and the

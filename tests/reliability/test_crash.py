@@ -1114,9 +1114,9 @@ def test_a_commit_during_a_pull_is_not_dropped(
                 s.add(Article(id="a1", title="v1"))
                 s.commit()
             sync.sync()
-            server.store.patch("posts", "a1", {"title": "same"})  # another client ...
-            with app() as s:  # ... and this user make the same change: a conflict
-                s.get(Article, "a1").title = "same"
+            server.store.patch("posts", "a1", {"title": "theirs"})  # another client ...
+            with app() as s:  # ... and this user change the row: a conflict
+                s.get(Article, "a1").title = "mine"
                 s.commit()
             fired: list[int] = []
 
@@ -1138,18 +1138,14 @@ def test_a_commit_during_a_pull_is_not_dropped(
                 mine = s.get(Article, "a1").title
             theirs = server.store.get("posts", "a1")["title"]  # type: ignore[index]
             assert fired
-            assert mine == theirs, (f"local {mine!r} != server {theirs!r} with "
-                                    f"{sync.queue_depth()} op(s) pending")
+            assert mine == theirs == "mine, later", (
+                f"local {mine!r}, server {theirs!r} with {sync.queue_depth()} op(s) pending")
         finally:
             sync.stop()
             untrack(app)
             app_db.dispose()
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError, reason=(
-    "CRASH-2: re-keying an unacknowledged create onto the pulled copy hits a UNIQUE "
-    "constraint and push fails forever; "
-    "remove this mark once fixed"))
 def test_the_server_copy_of_an_unacknowledged_create(
         local: tuple[Engine, sessionmaker[Session]]) -> None:
     """Server-assigned ids: the create was applied but its answer lost; the next pull
@@ -1186,10 +1182,6 @@ def test_the_server_copy_of_an_unacknowledged_create(
             sync.stop()
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError, reason=(
-    "CRASH-3: re-keying an unacknowledged create onto the pulled copy keeps the copy's old "
-    "values; edits of the offline row are lost; "
-    "remove this mark once fixed"))
 def test_an_edit_of_the_offline_row_survives_the_re_key(
         local: tuple[Engine, sessionmaker[Session]]) -> None:
     """Server-assigned ids: the create was applied but its answer lost (or the process
@@ -1219,10 +1211,6 @@ def test_an_edit_of_the_offline_row_survives_the_re_key(
             sync.stop()
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError, reason=(
-    "CRASH-4: a delete of an unacknowledged create goes to the temporary id (404) and "
-    "the server keeps the row; "
-    "remove this mark once fixed"))
 def test_a_row_deleted_before_its_create_was_acknowledged_is_deleted_on_the_server(
         local: tuple[Engine, sessionmaker[Session]]) -> None:
     """Server-assigned ids: the create was applied (id 1) but its answer lost; the user

@@ -561,9 +561,6 @@ def _plain_routes() -> Any:
     )})
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError, reason=(
-    "bug 1: the echo of a push whose answer was lost is taken for a conflict and "
-    "server-wins drops the row's later pending change; remove this mark once fixed"))
 @pytest.mark.parametrize(("first", "then", "fault"), [
     ("create", "update", "drop_after_commit"),
     ("create", "delete", "truncated"),
