@@ -736,10 +736,19 @@ class Pusher:
             taken = True
             row = None
         if taken:
-            edited = 0
+            # Columns edited on the offline row win, unless the copy's own
+            # pending ops changed them later.
+            edited, edited_at = 0, 0.0
             for op_row in ops:
                 if op_row.op == OP_UPDATE:
                     edited |= op_row.changed
+                    edited_at = max(edited_at, op_row.changed_at)
+            for op_row in conn.execute(
+                    select(outbox.c.op, outbox.c.changed, outbox.c.changed_at).where(
+                        outbox.c.table_name == info.table_name, outbox.c.row_key == new,
+                        outbox.c.status == STATUS_PENDING)):
+                if op_row.changed_at > edited_at:
+                    edited &= ~(op_row.changed if op_row.op == OP_UPDATE else -1)
             if row is not None and edited:
                 conn.execute(update(info.table).where(where(new_pk)).values(
                     {info.columns[k].name: row[info.columns[k].name]
