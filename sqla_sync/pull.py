@@ -443,7 +443,12 @@ class Applier:
                         # The echo of a push whose answer was lost (those ops
                         # are done), or the local values already: no conflict.
                         done = ops[:echo + 1]
-                        conn.execute(delete(outbox).where(outbox.c.id.in_([o.id for o in done])))
+                        if done:
+                            conn.execute(delete(outbox).where(
+                                outbox.c.id.in_([o.id for o in done])))
+                        elif any(o.op == OP_INSERT for o in ops):
+                            # A local create of a row the server has already.
+                            self._rebase(conn, key, ops, remote_exists=True)
                         mask = 0
                         for later in ops[echo + 1:]:
                             mask |= later.changed if later.op == OP_UPDATE else -1

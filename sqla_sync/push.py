@@ -560,8 +560,10 @@ class Pusher:
                 # the local side) and the server refuses: its delete stands.
                 self._settle_gone(conn, o, table, known, now, refused=True)
                 return
+            # The next pull brings the server's row: a conflict the policy
+            # settles there (a kept create becomes an update of that row).
+            self.needs_pull.add(table.name)
             if self.conflicts.policy == "server-wins":
-                self.needs_pull.add(table.name)
                 conn.execute(delete(outbox).where(outbox.c.id == o.op.id))
                 o.kind = "resolved"
                 decoded = table.info.decode_key(o.op.row_key)

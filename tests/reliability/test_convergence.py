@@ -823,3 +823,29 @@ def test_a_rebase_onto_a_deleted_row_makes_one_insert(tmp_path: Path) -> None:
         assert pair.sync.queue_depth() == 0 and pair.sync.dead_letters() == [], pair.state()
     finally:
         pair.close()
+
+
+@pytest.mark.parametrize("policy", ["client-wins", "server-wins"])
+def test_a_create_of_an_id_the_server_already_has_goes_to_the_policy(
+        tmp_path: Path, policy: str) -> None:
+    """Another client creates "x" after our last pull; this user creates "x" too.
+    The POST meets 409 without a row: the next pull brings the server's "x" and the
+    policy settles it there (client-wins turns the create into an update), instead
+    of retrying the create into a dead letter."""
+    pair = Pair(tmp_path, policy)
+    try:
+        pair.server.store.seed("posts", [{"id": "x", "title": "theirs"}])
+        with pair.maker() as s:
+            s.add(Article(id="x", title="mine"))
+            s.commit()
+        assert pair.sync.push().conflicts == 1  # 409 "exists", before any pull saw "x"
+        pair.settle(3)
+        with pair.maker() as s:
+            article = s.get(Article, "x")
+            local = None if article is None else article.title
+        remote = {r["id"]: r["title"] for r in pair.server.store.rows("posts")}.get("x")
+        want = "mine" if policy == "client-wins" else "theirs"
+        assert (local, remote) == (want, want), pair.state()
+        assert pair.sync.queue_depth() == 0 and pair.sync.dead_letters() == [], pair.state()
+    finally:
+        pair.close()
