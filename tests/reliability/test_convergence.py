@@ -17,11 +17,9 @@ against a server that deletes for good and keeps a deletions feed):
 * no lost change: a row only ever written locally ends, on both sides, with the
   user's last write (a value, or deleted).
 
-Known bugs (each isolated in a deterministic test at the end of this module or
-in test_faults.py, marked ``xfail(strict=True)`` until fixed) are recognised by
-their signature, counted and excused so that the machine keeps looking for
-others; a run that met one ends as ``xfail`` naming it, any other violation
-fails.  Bug 1: a change lost on a row whose push answer was lost.  Bug 2: a
+The bugs this machine found (each isolated in a deterministic test at the end
+of this module or in test_faults.py) are fixed; their signatures are still
+recognised and counted, so that a failure names the bug that came back.  Bug 1: a change lost on a row whose push answer was lost.  Bug 2: a
 kept local edit of a tombstoned row refused with 409.  Bug 4: an update that met
 a 404 holding the row's later ops back.  Bug 6: a kept op answered from the
 server's idempotency cache.  Bug 7: a re-created row hidden by the stale shadow
@@ -616,8 +614,8 @@ def test_both_sides_converge(backends: dict[bool, BackendServer], policy: str,
             f"a rebase turned every pending op of the row into an insert "
             f"(test_a_rebase_onto_a_deleted_row_makes_one_insert), "
             f"e.g. {stats['bug 8 example']}")
-    if known:
-        pytest.xfail("; ".join(known))
+    # Every signature above is a fixed bug come back.
+    assert not known, "; ".join(known)
 
 
 # -- the known bugs, each isolated in a deterministic case ----------------------------

@@ -972,24 +972,25 @@ class Harness:
                                      "duplicated": duplicated[:50],
                                      "mismatch": {str(k): v for k, v in
                                                   list(mismatch.items())[:50]}}) + "\n")
-        # Known bugs (each reproduced at the end of this module or in test_faults.py)
-        # are recognised by their signature and excused, so that the run ends as
-        # xfail naming them and fails only on anything else.
+        # Fixed bugs are checked by their signature (each also has a deterministic
+        # test at the end of this module or in test_faults.py); a known open bug is
+        # excused, so that the run ends as xfail naming it and fails on anything else.
         wedged = any("UNIQUE constraint failed" in m for m in engine_errors) or \
             "UNIQUE constraint failed" in (self.final_sync_error or "")
         known: list[str] = []
         problems: list[str] = []
         if own:
-            known.append(f"bug 1 (test_faults.py::test_a_lost_answer_never_loses_the_next_"
-                         f"change): {len(own)} false conflict(s), {len(explained)} change(s) "
-                         f"lost after one")
+            problems.append(f"bug 1 is back (test_faults.py::test_a_lost_answer_never_loses_"
+                            f"the_next_change): {len(own)} false conflict(s), "
+                            f"{len(explained)} change(s) lost after one")
         if two_copies:
-            known.append(f"CRASH-3 (test_an_edit_of_the_offline_row_survives_the_re_key): "
-                         f"{len(two_copies)} change(s) lost at a re-key onto the server's copy")
+            problems.append(f"CRASH-3 is back (test_an_edit_of_the_offline_row_survives_the_"
+                            f"re_key): {len(two_copies)} change(s) lost at a re-key onto the "
+                            f"server's copy: {two_copies[:10]}")
         if to_temporary:
-            known.append(f"CRASH-4 (test_a_row_deleted_before_its_create_was_acknowledged_is_"
-                         f"deleted_on_the_server): {len(to_temporary)} change(s) lost after a "
-                         f"request to a temporary id")
+            problems.append(f"CRASH-4 is back (test_a_row_deleted_before_its_create_was_"
+                            f"acknowledged_is_deleted_on_the_server): {len(to_temporary)} "
+                            f"change(s) lost after a request to a temporary id")
         # Local holds the user's last write (a value, or the row deleted), the server
         # does not, and no op is left to send it.
         stale = {k: v for k, v in mismatch.items()
@@ -999,9 +1000,9 @@ class Harness:
             known.append(f"CRASH-1 (test_a_commit_during_a_pull_is_not_dropped): "
                          f"{len(kept_locally)} change(s) kept locally with their op gone")
         if wedged:
-            known.append(f"CRASH-2 (test_the_server_copy_of_an_unacknowledged_create): push "
-                         f"stuck on {dict(Counter(engine_errors).most_common(1))}; "
-                         f"{len(undelivered)} change(s) and {pending} op(s) left behind")
+            problems.append(f"CRASH-2 is back (test_the_server_copy_of_an_unacknowledged_"
+                            f"create): push stuck on {dict(Counter(engine_errors).most_common(1))}; "
+                            f"{len(undelivered)} change(s) and {pending} op(s) left behind")
         if unexplained:
             problems.append(f"{len(unexplained)} lost change(s) no known bug explains: "
                             f"{unexplained[:10]}")
