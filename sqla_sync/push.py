@@ -745,12 +745,24 @@ class Pusher:
                 if op_row.op == OP_UPDATE:
                     edited |= op_row.changed
                     edited_at = max(edited_at, op_row.changed_at)
-            for op_row in conn.execute(
-                    select(outbox.c.op, outbox.c.changed, outbox.c.changed_at).where(
-                        outbox.c.table_name == info.table_name, outbox.c.row_key == new,
-                        outbox.c.status == STATUS_PENDING)):
+            copy_ops = conn.execute(
+                select(outbox.c.op, outbox.c.changed, outbox.c.changed_at).where(
+                    outbox.c.table_name == info.table_name, outbox.c.row_key == new,
+                    outbox.c.status == STATUS_PENDING)).all()
+            for op_row in copy_ops:
                 if op_row.changed_at > edited_at:
                     edited &= ~(op_row.changed if op_row.op == OP_UPDATE else -1)
+            deleted = [op_row for op_row in ops if op_row.op == OP_DELETE and op_row.lane == 0]
+            if row is None and deleted and all(
+                    deleted[0].changed_at >= c.changed_at for c in copy_ops):
+                # The user deleted the offline row (and did not touch the copy
+                # since): the copy goes too; the delete follows to the server.
+                conn.execute(delete(info.table).where(where(new_pk)))
+            elif row is None and deleted:
+                # The copy was edited after the offline row was deleted: the
+                # later change wins, the delete is dropped.
+                conn.execute(delete(outbox).where(outbox.c.id == deleted[0].id))
+                ops = [op_row for op_row in ops if op_row.id != deleted[0].id]
             if row is not None and edited:
                 conn.execute(update(info.table).where(where(new_pk)).values(
                     {info.columns[k].name: row[info.columns[k].name]

@@ -1240,6 +1240,44 @@ def test_a_row_deleted_before_its_create_was_acknowledged_is_deleted_on_the_serv
             sync.stop()
 
 
+@pytest.mark.parametrize("copy_edited_later", [False, True])
+def test_a_deleted_offline_row_takes_its_pulled_copy_along(
+        local: tuple[Engine, sessionmaker[Session]], copy_edited_later: bool) -> None:
+    """Server-assigned ids: the create was applied (id 1) but its answer lost; the user
+    deletes the row; a pull brings the server's copy in as row 1 before the create is
+    replayed.  The replay's answer says the deleted row was 1: the copy goes too and
+    the delete reaches the server -- unless the user edited the copy after deleting
+    the offline row, when that later edit wins and the delete is dropped."""
+    db, maker = local
+    with BackendServer(id_mode="server") as server:
+        sync = start_sync(db, quick_config(server, "server"))
+        try:
+            with maker() as s:
+                s.add(Ledger(id=-1, title="draft"))
+                s.commit()
+            server.faults.add(method="POST", action="drop_after_commit")
+            assert sync.push().failed == 1
+            with maker() as s:
+                s.delete(s.get(Ledger, -1))
+                s.commit()
+            sync.pull()
+            if copy_edited_later:
+                with maker() as s:
+                    s.get(Ledger, 1).title = "kept"  # type: ignore[union-attr]
+                    s.commit()
+            sync.push()
+            sync.sync()
+            with maker() as s:
+                rows = sorted((r.id, r.title) for r in s.scalars(select(Ledger)))
+            live = [(int(r["id"]), r["title"]) for r in server.store.rows("posts")
+                    if not r["deleted"]]
+            want = [(1, "kept")] if copy_edited_later else []
+            assert (rows, live, sync.queue_depth()) == (want, want, 0), \
+                f"local {rows}, live on the server {live}"
+        finally:
+            sync.stop()
+
+
 @pytest.mark.xfail(strict=True, raises=AssertionError, reason=(
     "CRASH-5: the leader lease is renewed only between syncs; a sync longer than the TTL "
     "runs on an expired lease; "
