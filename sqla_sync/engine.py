@@ -26,6 +26,7 @@ from concurrent.futures import Future
 from typing import Any, Literal
 
 from sqlalchemy import Engine, func, inspect, select
+from sqlalchemy.engine import Connection
 from sqlalchemy.orm import Session, sessionmaker
 
 from . import outbox as ob
@@ -40,6 +41,7 @@ from .pull import Puller, PullResult
 from .push import Pusher, PushResult
 from .signals import outbox_committed, signal_for
 from .tables import STATUS_PENDING, metadata, outbox
+from .transactions import begin_write
 from .transport import Transport
 
 __all__ = ["LAST_SYNC_CHECKPOINT", "Health", "Status", "SyncEngine", "SyncResult", "start_sync"]
@@ -151,7 +153,10 @@ class SyncEngine:
             Lease(db, name=config.leader.name, ttl=config.leader.ttl, clock=self.clock)
             if config.leader.enabled else None
         )
-        fence = self.lease.fence if self.lease is not None else None
+        # Every transaction that writes sync state starts with _begin_write: a real
+        # write transaction on SQLite (BEGIN IMMEDIATE), then the lease fence.
+        sqlite = db.dialect.name == "sqlite"
+        fence = self._begin_write if (self.lease is not None or sqlite) else None
         self._pusher = Pusher(
             db, self.routes, self.transport, errors=config.errors,
             batch_size=schedule.push_batch_size, concurrency=schedule.push_concurrency,
@@ -220,6 +225,13 @@ class SyncEngine:
     def is_leader(self) -> bool:
         """Whether this engine holds the leader lease (always True without one)."""
         return self.lease is None or self.lease.held
+
+    def _begin_write(self, conn: Connection) -> None:
+        """First statement of each transaction that writes sync state: see
+        :mod:`sqla_sync.transactions`; then the fencing token is checked."""
+        begin_write(conn)
+        if self.lease is not None:
+            self.lease.fence(conn)
 
     def _lead(self) -> bool:
         if self.lease is None:
@@ -356,6 +368,7 @@ class SyncEngine:
             self._last_sync_at = self.clock()
             self._last_error = None
             with self.db.begin() as conn:
+                begin_write(conn)
                 set_checkpoint(conn, LAST_SYNC_CHECKPOINT, self._last_sync_at,
                                self._last_sync_at)
             result = SyncResult(pull=pulled, push=pushed)
@@ -626,6 +639,7 @@ class SyncEngine:
         Raises :class:`~sqla_sync.SyncError` when there is no dead letter ``id``.
         """
         with self.db.begin() as conn:
+            begin_write(conn)
             if not ob.revive(conn, id):
                 raise SyncError(f"no dead letter with id {id}; see dead_letters()")
         self._retry_at = self.clock()

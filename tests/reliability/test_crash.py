@@ -1094,20 +1094,19 @@ def quick_config(server: BackendServer, mode: str) -> Any:
     return dataclasses.replace(config, errors=Errors(retry_delay=lambda attempt: 0))
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError, reason=(
-    "CRASH-1: on SQLite a pull decides on reads outside its transaction; an application "
-    "commit in between loses its op and local != server for good; "
-    "remove this mark once fixed"))
 def test_a_commit_during_a_pull_is_not_dropped(
         local: tuple[Engine, sessionmaker[Session]]) -> None:
-    """A pull reads a row's pending ops, decides, then writes; on SQLite (pysqlite) those
-    reads are not in the write transaction, so an application commit in between is not
-    seen by the decision.  Here it loses its op and the row differs from the server's
-    for good."""
+    """A pull reads a row's pending ops, decides, then writes.  CRASH-1 (fixed): on
+    SQLite (pysqlite) those reads were not in the write transaction, so an application
+    commit in between was not seen by the decision, lost its op, and the row differed
+    from the server's for good.  Now the pull's transaction holds SQLite's write lock
+    from its first read (BEGIN IMMEDIATE): the user's commit cannot land in between --
+    with no busy timeout it is refused at once, and made again once the pull is done,
+    as a busy timeout would have waited for it -- and nothing is lost."""
     db, _ = local
     with BackendServer() as server:
         sync = start_sync(db, quick_config(server, "client"))
-        app_db = create_engine(db.url)
+        app_db = create_engine(db.url, connect_args={"timeout": 0})  # no busy wait
         app = track(sessionmaker(app_db, expire_on_commit=False))
         try:
             with app() as s:
@@ -1119,27 +1118,37 @@ def test_a_commit_during_a_pull_is_not_dropped(
                 s.get(Article, "a1").title = "same"
                 s.commit()
             fired: list[int] = []
+            waited: list[str] = []
+
+            def edit() -> None:
+                with app() as s:
+                    s.get(Article, "a1").title = "mine, later"
+                    s.commit()
 
             def meanwhile(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
                 # The pull has decided; before its first write the user edits again.
                 if not fired and statement.startswith("DELETE FROM sqla_sync_outbox"):
                     fired.append(1)
-                    with app() as s:
-                        s.get(Article, "a1").title = "mine, later"
-                        s.commit()
+                    try:
+                        edit()
+                    except OperationalError as exc:  # the pull holds the write lock
+                        waited.append(str(exc.orig))
 
             event.listen(db, "before_cursor_execute", meanwhile)
             try:
                 sync.sync()
             finally:
                 event.remove(db, "before_cursor_execute", meanwhile)
+            if waited:
+                edit()  # the lock is free again: the user's commit goes through now
             sync.sync()
             with app() as s:
                 mine = s.get(Article, "a1").title
             theirs = server.store.get("posts", "a1")["title"]  # type: ignore[index]
             assert fired
-            assert mine == theirs, (f"local {mine!r} != server {theirs!r} with "
-                                    f"{sync.queue_depth()} op(s) pending")
+            assert mine == theirs == "mine, later", (
+                f"local {mine!r}, server {theirs!r} with {sync.queue_depth()} op(s) pending "
+                f"(the user's commit waited: {waited})")
         finally:
             sync.stop()
             untrack(app)
