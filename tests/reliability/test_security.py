@@ -64,9 +64,11 @@ from sqla_sync import (
     track,
     untrack,
 )
+from sqla_sync.errors import TransportError
 from sqla_sync.signals import EVENT_NAMES, namespace
 from sqla_sync.tables import metadata as sync_metadata
 from sqla_sync.tables import outbox
+from sqla_sync.transport import Transport
 from tests.conftest import FakeClock
 from tests.models import Article
 from tests.reliability.test_bad_input import (
@@ -641,6 +643,22 @@ def test_bug15_a_dripping_server_cannot_hold_a_request_past_its_timeout(
         engine.dispose()
     FIGURES["drip:pull-held-ms"] = int(elapsed * 1000)
     assert elapsed < 1.5, f"timeout=(0.5, 0.5), yet the pull took {elapsed:.1f} s"
+
+
+def test_the_deadline_counts_the_whole_answer(hostile: HostileServer) -> None:
+    """BUG-15's deadline, with an injected clock: an answer still arriving when the
+    deadline has passed is refused; the same answer in time is read."""
+    hostile.reset(json_reply(200, {"data": ["x" * 100]}), json_reply(200, {"data": []}))
+    ticks = iter([0.0, 0.0] + [100.0] * 10)
+    late = Transport(hostile.url, deadline=5.0, clock=lambda: next(ticks))
+    with pytest.raises(TransportError, match=r"GET /api/posts: no complete answer within "
+                                             r"the deadline of 5 s"):
+        late.request("GET", "/api/posts")
+    in_time = Transport(hostile.url, deadline=5.0, clock=lambda: 1.0)
+    assert in_time.request("GET", "/api/posts").body == {"data": []}
+    assert Transport(hostile.url, timeout=(2.0, 3.0)).deadline == 5.0  # the default
+    late.close()
+    in_time.close()
 
 
 # -- dangerous code ----------------------------------------------------------------------------
