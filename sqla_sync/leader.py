@@ -139,7 +139,11 @@ class Lease:
 
     def fence(self, conn: Connection) -> None:
         """Raise :class:`LeaseLost` unless we still hold the lease, on ``conn``'s
-        transaction, with a shared lock on the lease row until it ends."""
+        transaction, with a shared lock on the lease row until it ends.
+
+        On SQLite ``FOR SHARE`` does not exist: there the engine begins the
+        transaction with ``BEGIN IMMEDIATE`` first (:mod:`sqla_sync.transactions`),
+        whose write lock keeps a takeover out until it ends."""
         c = leases.c
         row = conn.execute(
             select(c.owner, c.token).where(c.name == self.name).with_for_update(read=True)

@@ -41,8 +41,8 @@ def begin_write(conn: Connection) -> None:
     Call it first thing after ``begin()``, before any other statement of the
     transaction.  On SQLite (pysqlite) it issues ``BEGIN IMMEDIATE``; when the
     application's ``begin`` listener has already issued a plain ``BEGIN``
-    (nothing has run in it yet), that empty transaction is ended first.
-    Elsewhere it does nothing.
+    (the recipe: the driver's handling off, nothing has run in it yet), that
+    empty transaction is ended first.  Elsewhere it does nothing.
     """
     dialect = conn.dialect
     if dialect.name != "sqlite" or dialect.driver not in _PYSQLITE_DRIVERS:
@@ -52,5 +52,10 @@ def begin_write(conn: Connection) -> None:
     if in_transaction is None:
         return
     if in_transaction:
-        conn.exec_driver_sql("COMMIT")  # the application's deferred BEGIN: still empty
+        if getattr(dbapi, "isolation_level", "") is not None:
+            # The driver's own handling is on, yet a transaction is open: the
+            # connection is shared with one in progress (a StaticPool).  Not ours
+            # to end; the statements run in it, as they would have anyway.
+            return
+        conn.exec_driver_sql("COMMIT")  # the application's BEGIN on begin: still empty
     conn.exec_driver_sql("BEGIN IMMEDIATE")
