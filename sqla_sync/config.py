@@ -62,7 +62,8 @@ class Observability:
 @dataclasses.dataclass(frozen=True)
 class Leader:
     """Leader election: one process syncs; the lease lasts ``ttl`` seconds and is
-    renewed every ``ttl / 3``."""
+    renewed every ``ttl / 3`` -- between syncs, and during a sync by a heartbeat
+    thread, so that a sync longer than ``ttl`` keeps its lease."""
 
     ttl: float = 15.0
     enabled: bool = True
@@ -77,7 +78,12 @@ class SyncConfig:
         never leave this origin.
     :param routes: the result of :func:`~sqla_sync.define_routes` (a plain
         mapping of :class:`Routes` is checked the same way).
-    :param timeout: (connect, read) seconds for every request.
+    :param timeout: (connect, read) seconds for every request: to connect, and
+        between two reads of the answer.
+    :param deadline: seconds one request may take in all, from sending it to the
+        last byte of its answer, redirects included (a server that drips its
+        answer cannot hold a sync longer); by default connect + read timeout.
+        Raise it for very large pages on slow links.
     :param max_response_bytes: larger answers are refused.
     :param clock: wall-clock time in epoch seconds; tests inject their own.
     :param seed: seed of the backoff jitter, for reproducible runs.
@@ -93,10 +99,18 @@ class SyncConfig:
     observability: Observability = dataclasses.field(default_factory=Observability)
     leader: Leader = dataclasses.field(default_factory=Leader)
     timeout: tuple[float, float] = (5.0, 30.0)
+    deadline: float | None = None
     max_response_bytes: int = 16 * 2**20
     clock: Callable[[], float] = time.time
     seed: int | None = None
     http: requests.Session | None = None
+
+    def __post_init__(self) -> None:
+        if self.deadline is not None and not self.deadline > 0:
+            raise ConfigurationError(
+                f"SyncConfig(deadline={self.deadline!r}) must be seconds > 0, or None for "
+                "connect + read timeout"
+            )
 
     def route_table(self) -> RouteTable:
         """The routes, checked against the synced models."""

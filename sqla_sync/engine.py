@@ -10,29 +10,33 @@ ran, syncs on its own in a background thread:
   again, ``online`` is emitted and a sync runs (``on_online``).
 
 Only the leader syncs: a lease in the database with a TTL, renewed every
-TTL/3, and a fencing token checked on every write of sync state.  Followers
+TTL/3 (during a sync too, by a heartbeat), and a fencing token checked on
+every write of sync state; on SQLite each of those writes is one
+``BEGIN IMMEDIATE`` transaction (see :mod:`sqla_sync.transactions`).  Followers
 keep capturing; their ops are pushed by the leader.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import random
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future
 from typing import Any, Literal
 
 from sqlalchemy import Engine, func, inspect, select
+from sqlalchemy.engine import Connection
 from sqlalchemy.orm import Session, sessionmaker
 
 from . import outbox as ob
 from .checkpoints import get_checkpoint, set_checkpoint
 from .config import SyncConfig
 from .errors import ConfigurationError, SyncError
-from .leader import Lease, LeaseLost
+from .leader import Heartbeat, Lease, LeaseLost
 from .metrics import Metrics, MetricsRecorder
 from .mixin import synced_models
 from .outbox import DeadLetter
@@ -40,6 +44,7 @@ from .pull import Puller, PullResult
 from .push import Pusher, PushResult
 from .signals import outbox_committed, signal_for
 from .tables import STATUS_PENDING, metadata, outbox
+from .transactions import begin_write
 from .transport import Transport
 
 __all__ = ["LAST_SYNC_CHECKPOINT", "Health", "Status", "SyncEngine", "SyncResult", "start_sync"]
@@ -142,6 +147,7 @@ class SyncEngine:
             config.base_url,
             auth=config.auth,
             timeout=config.timeout,
+            deadline=config.deadline,
             max_response_bytes=config.max_response_bytes,
             pool_size=schedule.push_concurrency,
             session=config.http,
@@ -151,7 +157,10 @@ class SyncEngine:
             Lease(db, name=config.leader.name, ttl=config.leader.ttl, clock=self.clock)
             if config.leader.enabled else None
         )
-        fence = self.lease.fence if self.lease is not None else None
+        # Every transaction that writes sync state starts with _begin_write: a real
+        # write transaction on SQLite (BEGIN IMMEDIATE), then the lease fence.
+        sqlite = db.dialect.name == "sqlite"
+        fence = self._begin_write if (self.lease is not None or sqlite) else None
         self._pusher = Pusher(
             db, self.routes, self.transport, errors=config.errors,
             batch_size=schedule.push_batch_size, concurrency=schedule.push_concurrency,
@@ -166,6 +175,7 @@ class SyncEngine:
         for table in self.routes.values():
             table.info.read_only = table.read_only
         self._work = threading.RLock()
+        self._beat: Heartbeat | None = None
         self._cond = threading.Condition()
         self._current: Future[SyncResult] | None = None
         self._receivers: list[tuple[str, Callable[..., Any]]] = []
@@ -221,6 +231,41 @@ class SyncEngine:
         """Whether this engine holds the leader lease (always True without one)."""
         return self.lease is None or self.lease.held
 
+    def _begin_write(self, conn: Connection) -> None:
+        """First statement of each transaction that writes sync state: see
+        :mod:`sqla_sync.transactions`; then the fencing token is checked."""
+        begin_write(conn)
+        if self.lease is not None:
+            self.lease.fence(conn)
+
+    @contextlib.contextmanager
+    def _leading(self) -> Iterator[bool]:
+        """One unit of work: the work lock, and the lease taken or renewed; yields
+        whether this engine leads.  While the work runs, a :class:`Heartbeat`
+        renews the lease every TTL/3 -- a sync may outlast the TTL."""
+        with self._work:
+            if not self._lead():
+                yield False
+                return
+            if self.lease is None:
+                yield True
+                return
+            with Heartbeat(self.lease) as beat:
+                outer, self._beat = self._beat, beat
+                try:
+                    yield True
+                finally:
+                    self._beat = outer
+
+    def _still_leading(self) -> bool:
+        """Between steps of a sync: whether the lease is still ours (renewing it
+        here when the pool allows no heartbeat thread)."""
+        if self.lease is None:
+            return True
+        if self._beat is not None:
+            return self._beat.beat()
+        return self.lease.token is not None
+
     def _lead(self) -> bool:
         if self.lease is None:
             return True
@@ -243,7 +288,11 @@ class SyncEngine:
             self._emit("offline", error=self._last_error)
 
     def _do_push(self) -> PushResult:
-        result = self._pusher.push(should_stop=lambda: self._stopping)
+        result = self._pusher.push(
+            should_stop=lambda: self._stopping or not self._still_leading())
+        if not self._still_leading():  # lost mid-push: its waves stopped; so does the sync
+            raise LeaseLost(f"the leader lease {self.config.leader.name!r} was lost during "
+                            "a push; this engine stops syncing until it leads again")
         self._auth_required = result.auth_required
         self._retry_at = self._pusher.retry_at
         self._metrics.add(pushed=result.pushed, retries=result.failed,
@@ -265,8 +314,8 @@ class SyncEngine:
         refreshing does not cure stops the pass with ``auth_required`` set.  A
         follower pushes nothing.
         """
-        with self._work:
-            if not self._lead():
+        with self._leading() as leading:
+            if not leading:
                 return PushResult()
             self._emit("push-start")
             try:
@@ -288,8 +337,8 @@ class SyncEngine:
         Each page is applied with its checkpoint in one transaction; a table
         that fails raises :class:`~sqla_sync.SyncError` after the others ran.
         """
-        with self._work:
-            if not self._lead():
+        with self._leading() as leading:
+            if not leading:
                 return PullResult()
             self._emit("pull-start")
             try:
@@ -331,8 +380,8 @@ class SyncEngine:
                 self._current = None
 
     def _sync_once(self) -> SyncResult:
-        with self._work:
-            if not self._lead():
+        with self._leading() as leading:
+            if not leading:
                 return SyncResult(PullResult(), PushResult(), leader=False)
             self._syncing = True
             self._emit("sync-start")
@@ -356,6 +405,7 @@ class SyncEngine:
             self._last_sync_at = self.clock()
             self._last_error = None
             with self.db.begin() as conn:
+                begin_write(conn)
                 set_checkpoint(conn, LAST_SYNC_CHECKPOINT, self._last_sync_at,
                                self._last_sync_at)
             result = SyncResult(pull=pulled, push=pushed)
@@ -366,8 +416,8 @@ class SyncEngine:
         """Pull one table, then push every due op (ops are ordered across tables)."""
         if name not in self.routes:
             raise ConfigurationError(f"no routes for table {name!r}; tables: {sorted(self.routes)}")
-        with self._work:
-            if not self._lead():
+        with self._leading() as leading:
+            if not leading:
                 return SyncResult(PullResult(), PushResult(), leader=False)
             try:
                 pulled = self._do_pull([name])
@@ -626,6 +676,7 @@ class SyncEngine:
         Raises :class:`~sqla_sync.SyncError` when there is no dead letter ``id``.
         """
         with self.db.begin() as conn:
+            begin_write(conn)
             if not ob.revive(conn, id):
                 raise SyncError(f"no dead letter with id {id}; see dead_letters()")
         self._retry_at = self.clock()

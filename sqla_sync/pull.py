@@ -135,15 +135,18 @@ def _order_value(value: Any) -> float | str:
     if isinstance(value, bool):
         return float(value)
     if isinstance(value, (int, float)):
-        return float(value)
+        try:
+            return float(value)
+        except OverflowError:  # an int beyond floats: it still orders
+            return float("inf") if value > 0 else float("-inf")
     text = str(value)
     try:
         moment = dt.datetime.fromisoformat(text[:-1] + "+00:00" if text.endswith("Z") else text)
-    except ValueError:
+        if moment.tzinfo is None:
+            moment = moment.replace(tzinfo=dt.timezone.utc)
+        return moment.timestamp()
+    except (ValueError, OverflowError):  # not a timestamp, or out of datetime's range
         return text
-    if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=dt.timezone.utc)
-    return moment.timestamp()
 
 
 def _one_unit_below(value: Any) -> Any:
@@ -169,7 +172,10 @@ def _one_unit_below(value: Any) -> Any:
         step, spec = dt.timedelta(milliseconds=1), "milliseconds"
     else:
         step, spec = dt.timedelta(seconds=1), "seconds"
-    out = (moment - step).isoformat(timespec=spec)
+    try:
+        out = (moment - step).isoformat(timespec=spec)
+    except OverflowError:  # year 1: nothing is below it; ask with the value itself
+        return value
     if zulu:
         out = out.replace("+00:00", "Z")
     return out
@@ -649,7 +655,7 @@ class Puller:
         """Pull every table (or ``names``); a failing table raises after the others ran."""
         started = time.monotonic()
         results: dict[str, TablePull] = {}
-        errors: list[Exception] = []
+        errors: list[tuple[str, Exception]] = []
         wanted = set(names) if names is not None else None
         for table in self.tables():
             if wanted is not None and table.name not in wanted:
@@ -657,7 +663,7 @@ class Puller:
             try:
                 results[table.name] = self.pull_table(table)
             except SyncError as exc:
-                errors.append(exc)
+                errors.append((table.name, exc))
         result = PullResult(
             pulled=sum(r.pulled for r in results.values()),
             deleted=sum(r.deleted for r in results.values()),
@@ -667,8 +673,9 @@ class Puller:
             tables=results,
         )
         if errors:
-            first = errors[0]
-            raise PullError(f"pull failed for {len(errors)} table(s): {first}") from first
+            name, first = errors[0]
+            where = "" if str(first).startswith(f"{name}:") else f"{name}: "
+            raise PullError(f"pull failed for {len(errors)} table(s): {where}{first}") from first
         return result
 
     # -- one table ----------------------------------------------------------------------
@@ -781,8 +788,11 @@ class Puller:
             rows = self._rows(table, pull, answer)
             stats["pages"] += 1
             known = set(map(_tie, state.ties))
-            fresh_rows, advanced = (self._dedupe(cursor, state, rows) if cursor is not None
-                                    else (rows, True))
+            try:
+                fresh_rows, advanced = (self._dedupe(cursor, state, rows) if cursor is not None
+                                        else (rows, True))
+            except PullError as exc:  # name the table and the request
+                raise PullError(f"{table.name}: GET {answer.path}: {exc}") from None
             try:
                 with self.db.begin() as conn:
                     if self.fence is not None:

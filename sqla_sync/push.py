@@ -546,13 +546,7 @@ class Pusher:
         """
         table = self.routes[o.op.table_name]
         body = o.answer.body if o.answer is not None else None
-        remote = None
-        if isinstance(body, dict):
-            candidate = body.get("current", body)
-            if isinstance(candidate, dict) and all(
-                table.server_field(k) in candidate for k in table.info.pk_keys
-            ):
-                remote = candidate
+        remote = table.answer_row(body, o.op.row_key)  # checked like a pulled row
         if remote is None:
             known = shadow.get_many(conn, table.name, [o.op.row_key]).get(o.op.row_key)
             if o.op.op == OP_INSERT and known is not None and known.state is None:

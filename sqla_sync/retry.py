@@ -16,6 +16,8 @@ import random
 from collections.abc import Callable
 from typing import Literal
 
+from .errors import ConfigurationError
+
 __all__ = [
     "RETRYABLE_STATUSES",
     "Errors",
@@ -54,8 +56,21 @@ class Errors:
     max_retry_after: float = 3600.0
 
     def __post_init__(self) -> None:
-        if self.max_retries < 0:
-            raise ValueError("Errors.max_retries must be >= 0")
+        if isinstance(self.max_retries, bool) or not isinstance(self.max_retries, int) \
+                or self.max_retries < 0:
+            raise ConfigurationError(
+                f"Errors(max_retries={self.max_retries!r}): give the number of retries after "
+                "the first attempt, an int >= 0 (0: dead-letter at the first failure)"
+            )
+        if not callable(self.retry_delay):
+            raise ConfigurationError(
+                f"Errors(retry_delay={self.retry_delay!r}) must be a callable attempt -> "
+                "seconds, e.g. lambda attempt: min(2 ** attempt, 60)"
+            )
+        if not self.max_retry_after >= 0:
+            raise ConfigurationError(
+                f"Errors(max_retry_after={self.max_retry_after!r}) must be seconds >= 0"
+            )
 
 
 def classify(status: int, *, conflict: bool) -> Verdict:
@@ -76,15 +91,15 @@ def parse_retry_after(value: str | None, now: float) -> float | None:
     if value is None:
         return None
     text = value.strip()
-    if text.isdigit():
+    if text.isascii() and text.isdigit():  # not "²": isdigit() takes it, float() does not
         return float(text)
     try:
         when = email.utils.parsedate_to_datetime(text)
-    except (TypeError, ValueError):
+        if when.tzinfo is None:
+            when = when.replace(tzinfo=dt.timezone.utc)
+        return max(0.0, when.timestamp() - now)
+    except (TypeError, ValueError, OverflowError):
         return None
-    if when.tzinfo is None:
-        when = when.replace(tzinfo=dt.timezone.utc)
-    return max(0.0, when.timestamp() - now)
 
 
 def retry_delay(

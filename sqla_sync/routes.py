@@ -11,7 +11,6 @@ names, never a live ORM object).
 from __future__ import annotations
 
 import dataclasses
-import re
 import string
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any, TypeAlias, TypeVar
@@ -42,7 +41,45 @@ Item = dict[str, Any]
 ValueOr: TypeAlias = T | Callable[[Item], T]
 
 _METHODS = frozenset({"GET", "POST", "PUT", "PATCH", "DELETE"})
-_PLACEHOLDER = re.compile(r"{([^{}]*)}")
+_INT64_MIN, _INT64_MAX = -(2**63), 2**63 - 1
+
+
+def _callable_or_none(owner: str, name: str, value: Any, example: str) -> None:
+    """Refuse a callback that is set but cannot be called."""
+    if value is not None and not callable(value):
+        raise ConfigurationError(
+            f"{owner}({name}={value!r}): {name} must be a callable, e.g. {name}={example}"
+        )
+
+
+def _template_fields(owner: str, template: str) -> list[str]:
+    """The ``{field}`` names of a url template; malformed templates raise.
+
+    Only plain names are placeholders: a conversion (``{id!r}``) or a format
+    spec (``{id:>5}``) is refused, since values are only ever percent-encoded.
+    Literal braces are written doubled (``{{`` and ``}}``).
+    """
+    try:
+        parsed = list(string.Formatter().parse(template))
+    except ValueError as exc:
+        raise ConfigurationError(
+            f"{owner} url {template!r}: {exc}; write placeholders as {{field}} and literal "
+            "braces doubled ({{ and }})"
+        ) from None
+    names = []
+    for _, name, spec, conversion in parsed:
+        if name is None:
+            continue
+        if conversion is not None or spec:
+            extra = (f"!{conversion}" if conversion is not None else "") + (
+                f":{spec}" if spec else "")
+            raise ConfigurationError(
+                f"{owner} url {template!r}: placeholder {{{name}{extra}}} has a conversion or "
+                f"format spec, which the url does not apply (values are only percent-encoded); "
+                f"write {{{name}}}, or pass url=lambda item: ... to format the value yourself"
+            )
+        names.append(name)
+    return names
 
 
 class _DefaultBody:
@@ -99,12 +136,26 @@ class Request:
             raise ConfigurationError(
                 f"Request url must be a string or a callable, not {self.url!r}"
             )
+        owner = f"Request({method!r}, ...)"
+        if isinstance(self.url, str):
+            _template_fields(owner, self.url)
+        _callable_or_none("Request", "map_response", self.map_response,
+                          "lambda body: body['data']")
+        _callable_or_none("Request", "conflict_when", self.conflict_when,
+                          "lambda status, body: status in (409, 412)")
+        if self.conflict_when is None:
+            raise ConfigurationError(
+                "Request(conflict_when=None): leave it out for the default (409 and 412), or "
+                "give a callable (status, body) -> bool"
+            )
+        if not isinstance(self.if_match, bool):
+            raise ConfigurationError(f"Request(if_match={self.if_match!r}) must be True or False")
 
     def placeholders(self) -> list[str]:
         """The ``{field}`` names of a string url template."""
         if not isinstance(self.url, str):
             return []
-        return [name for _, name, _, _ in string.Formatter().parse(self.url) if name is not None]
+        return _template_fields(f"Request({self.method!r}, ...)", self.url)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -114,6 +165,24 @@ class Push:
     create: Request | None = None
     update: Request | None = None
     delete: Request | None = None
+
+    def __post_init__(self) -> None:
+        for op in ("create", "update", "delete"):
+            value = getattr(self, op)
+            if value is not None and not isinstance(value, Request):
+                raise ConfigurationError(
+                    f"Push({op}={value!r}): {op} must be a Request, e.g. "
+                    f"{op}=Request({_EXAMPLE_METHOD[op]!r}, {_example_url(op, value)!r})"
+                )
+
+
+_EXAMPLE_METHOD = {"create": "POST", "update": "PUT", "delete": "DELETE"}
+
+
+def _example_url(op: str, value: Any) -> str:
+    if isinstance(value, str) and value.startswith("/"):
+        return value
+    return "/api/posts" if op == "create" else "/api/posts/{id}"
 
 
 # -- pull shapes (applied by sqla_sync.pull) ---------------------------------
@@ -150,6 +219,19 @@ class Cursor:
     size_param: str | None = None
 
     def __post_init__(self) -> None:
+        if not isinstance(self.field, str) or not self.field:
+            raise ConfigurationError(
+                f"Cursor(field={self.field!r}): field must name the server field the server "
+                "filters and orders by, e.g. Cursor(field='updatedAt', param='updated_after')"
+            )
+        if not isinstance(self.key, str) or not self.key:
+            raise ConfigurationError(
+                f"Cursor(key={self.key!r}): key must name the server field that breaks ties "
+                "(default 'id')"
+            )
+        _callable_or_none("Cursor", "format", self.format, "lambda v: f'gt.{v}'")
+        _callable_or_none("Cursor", "query", self.query,
+                          "lambda pos: {'updated_after': pos.value if pos else ''}")
         if self.param is None and self.query is None:
             raise ConfigurationError(
                 f"Cursor(field={self.field!r}) needs param= (the query parameter of the "
@@ -182,6 +264,13 @@ class BodyCursor:
     param: str = "cursor"
     size_param: str | None = "limit"
 
+    def __post_init__(self) -> None:
+        if not callable(self.body):
+            raise ConfigurationError(
+                f"BodyCursor(body={self.body!r}): body must be a callable reading the next "
+                "cursor from the parsed body, e.g. body=lambda b: b['next_cursor']"
+            )
+
 
 @dataclasses.dataclass(frozen=True)
 class NextLink:
@@ -192,8 +281,17 @@ class NextLink:
     body: Callable[[Any], Any] | None = None
     size_param: str | None = "limit"
 
+    def __post_init__(self) -> None:
+        _callable_or_none("NextLink", "body", self.body, "lambda b: b['next']")
+        if self.header is None and self.body is None:
+            raise ConfigurationError(
+                "NextLink(header=None) without body= finds no next page; keep header='Link' "
+                "(or the header holding the URL), or give body=lambda b: b['next']"
+            )
+
 
 Paginator: TypeAlias = PageNumber | Offset | BodyCursor | NextLink
+_PAGINATORS = (PageNumber, Offset, BodyCursor, NextLink)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -229,6 +327,36 @@ class Pull:
             raise ConfigurationError(f"Pull method must be GET, not {self.method!r}")
         if not self.url:
             raise ConfigurationError("Pull needs a url, e.g. Pull('GET', '/api/posts')")
+        if not isinstance(self.url, str):
+            raise ConfigurationError(
+                f"Pull url must be a path string such as '/api/posts', not {self.url!r}"
+            )
+        for name, example in (("map_response", "lambda body: body['data']"),
+                              ("on_complete", "lambda body, ctx: None"),
+                              ("map_row", "lambda row: {...}"),
+                              ("deleted", "lambda row: row.get('deleted', False)"),
+                              ("key", "lambda row: row['id']")):
+            _callable_or_none("Pull", name, getattr(self, name), example)
+        if self.cursor is not None and not isinstance(self.cursor, Cursor):
+            field = self.cursor if isinstance(self.cursor, str) else "updatedAt"
+            raise ConfigurationError(
+                f"Pull(cursor={self.cursor!r}): cursor must be a Cursor, e.g. "
+                f"cursor=Cursor(field={field!r}, param='updated_after')"
+            )
+        if self.paginate is not None and not isinstance(self.paginate, _PAGINATORS):
+            shown = getattr(self.paginate, "__name__", None)
+            hint = (f"an instance, {shown}()" if shown in {p.__name__ for p in _PAGINATORS}
+                    else "PageNumber(), Offset(), BodyCursor(body=...) or NextLink()")
+            raise ConfigurationError(
+                f"Pull(paginate={self.paginate!r}): paginate must be {hint}"
+            )
+        if not isinstance(self.reconcile, bool):
+            raise ConfigurationError(f"Pull(reconcile={self.reconcile!r}) must be True or False")
+        if not (isinstance(self.reconcile_interval, (int, float))
+                and self.reconcile_interval >= 0):
+            raise ConfigurationError(
+                f"Pull(reconcile_interval={self.reconcile_interval!r}) must be seconds >= 0"
+            )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -253,6 +381,27 @@ class Routes:
     model: type[Any] | None = None
 
     def __post_init__(self) -> None:
+        if self.push is not None and not isinstance(self.push, Push):
+            hint = (" (wrap the requests: push=Push(create=Request('POST', ...), "
+                    "update=..., delete=...))" if isinstance(self.push, Request) else "")
+            raise ConfigurationError(
+                f"Routes(push=...): push must be a Push(...), not a "
+                f"{type(self.push).__name__}{hint}"
+            )
+        for name in ("pull", "deletions"):
+            value = getattr(self, name)
+            if value is not None and not isinstance(value, Pull):
+                raise ConfigurationError(
+                    f"Routes({name}=...): {name} must be a Pull(...), not a "
+                    f"{type(value).__name__}; e.g. {name}=Pull('GET', '/api/posts')"
+                )
+        if not isinstance(self.fields, Mapping) or not all(
+                isinstance(k, str) and isinstance(v, str) and v
+                for k, v in self.fields.items()):
+            raise ConfigurationError(
+                f"Routes(fields={self.fields!r}) must map column keys to server field names, "
+                "e.g. fields={'updated_at': 'updatedAt'}"
+            )
         object.__setattr__(self, "fields", dict(self.fields))
 
 
@@ -278,14 +427,65 @@ class TableRoutes:
         return {names.get(k, k): v for k, v in encoded.items()}
 
     def columns_of(self, server_row: Mapping[str, Any]) -> dict[str, Any]:
-        """Column values of a server row: renamed, decoded, unknown fields dropped."""
+        """Column values of a server row: renamed, decoded, unknown fields dropped.
+
+        Raises ``ValueError`` naming the column for an integer no database
+        column holds (beyond 64 bits): JSON numbers have no size limit.
+        """
         names = self.to_local
         renamed = {names.get(k, k): v for k, v in server_row.items()}
-        return self.info.decode_row(renamed)
+        values = self.info.decode_row(renamed)
+        for key, value in values.items():
+            if type(value) is int and not _INT64_MIN <= value <= _INT64_MAX:
+                raise ValueError(
+                    f"column {key!r} cannot hold the server's {len(str(abs(value)))}-digit "
+                    "integer: beyond 64-bit integers"
+                )
+        return values
 
     def server_field(self, column_key: str) -> str:
         """The server's name of a column."""
         return self.to_server.get(column_key, column_key)
+
+    def answer_row(self, body: Any, row_key: str) -> dict[str, Any] | None:
+        """The server's row carried by a conflict answer (the body, or its
+        ``current``), checked like a pulled row -- or None when it carries none.
+
+        The row must be an object whose fields decode into the columns (and
+        ``map_row``, if the pull route has one, must accept it) and whose key
+        is ``row_key``, the key of the op that was refused: anything else is
+        not that row.  Fields that are no column (and not the version field)
+        are dropped, unless ``map_row`` may need them: an error answer carries
+        messages, request echoes and the like that must not become the row's
+        server state.
+        """
+        if not isinstance(body, Mapping):
+            return None
+        candidate = body.get("current", body)
+        if not isinstance(candidate, Mapping):
+            return None
+        info = self.info
+        if not all(self.server_field(k) in candidate for k in info.pk_keys):
+            return None
+        pull = self.routes.pull
+        map_row = pull.map_row if pull is not None else None
+        if map_row is None:
+            keep = set(self.to_local)
+            if self.routes.version_field:
+                keep.add(self.routes.version_field)
+            row = {str(k): v for k, v in candidate.items() if k in keep}
+        else:
+            row = {str(k): v for k, v in candidate.items()}
+        try:
+            values = self.columns_of(row)
+            if map_row is not None:
+                values.update(info.decode_row(map_row(dict(row))))
+            pk = [values.get(k) for k in info.pk_keys]
+            if any(v is None for v in pk) or info.encode_key(pk) != row_key:
+                return None
+        except Exception:  # the row does not decode: it is not one of ours
+            return None
+        return row
 
 
 class RouteTable(Mapping[str, TableRoutes]):
@@ -349,6 +549,15 @@ def define_routes(routes: Mapping[str, Routes]) -> RouteTable:
             )
         to_server = {k: table_routes.fields.get(k, k) for k in info.keys}
         to_local = {v: k for k, v in to_server.items()}
+        if len(to_local) < len(to_server):
+            shared = sorted({v for v in to_server.values()
+                             if list(to_server.values()).count(v) > 1})
+            columns = sorted(k for k, v in to_server.items() if v in shared)
+            raise ConfigurationError(
+                f"routes[{name!r}].fields: columns {', '.join(map(repr, columns))} would all "
+                f"be sent as the server field {', '.join(map(repr, shared))}; each column "
+                "needs its own server field (fields renames a column both ways)"
+            )
         push = table_routes.push
         if push is None and table_routes.pull is None:
             raise ConfigurationError(f"routes[{name!r}] has neither push nor pull")
@@ -377,11 +586,15 @@ def render_path(template: str, item: Mapping[str, Any], local: Mapping[str, Any]
 
     Values ``.``, ``..`` and empty are refused: they would address another
     resource.  ``local`` (column keys) is the fallback when the item (server
-    field names) lacks a placeholder.
+    field names) lacks a placeholder.  The template is read the way
+    :func:`define_routes` checked it (``string.Formatter``: ``{{`` is a
+    literal brace).
     """
-
-    def fill(match: re.Match[str]) -> str:
-        name = match.group(1)
+    out: list[str] = []
+    for literal, name, _, _ in string.Formatter().parse(template):
+        out.append(literal)
+        if name is None:
+            continue
         if name in item:
             value = item[name]
         elif name in local:
@@ -394,8 +607,5 @@ def render_path(template: str, item: Mapping[str, Any], local: Mapping[str, Any]
                 f"url {template!r}: {name}={text!r} would address another resource; "
                 "refusing to send it"
             )
-        return quote(text, safe="")
-
-    return _PLACEHOLDER.sub(fill, template)
-
-
+        out.append(quote(text, safe=""))
+    return "".join(out)

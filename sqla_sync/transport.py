@@ -1,7 +1,10 @@
 """HTTP transport: one :class:`requests.Session`, auth, timeouts, caps, redaction.
 
 Every request gets the headers of :attr:`Auth.get_headers`, connect and read
-timeouts, TLS verification, and a cap on the response size.  Redirects are
+timeouts, an overall deadline (a server that drips its answer byte by byte
+cannot hold a request longer), TLS verification, and a cap on the response
+size.  Answers are strict JSON: ``NaN``/``Infinity`` and bodies nested too
+deeply to parse are refused like any malformed body.  Redirects are
 followed only within ``base_url``'s origin.  A 401 calls
 :attr:`Auth.on_auth_error` once per burst (concurrent 401s share one refresh)
 and retries with fresh headers, up to ``max_auth_retries``; after that
@@ -15,14 +18,16 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import math
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 from urllib.parse import urljoin, urlsplit
 
 import requests
+import urllib3
 from requests.adapters import HTTPAdapter
 from requests.structures import CaseInsensitiveDict
 
@@ -37,6 +42,29 @@ NO_BODY: Any = object()
 
 _DEFAULT_SECRETS = ("authorization", "proxy-authorization", "cookie", "x-api-key", "x-auth-token")
 _REDACTED = "[REDACTED]"
+#: Characters a header value may not hold (requests refuses them, quoting the value).
+_BAD_HEADER_CHARS = frozenset("\r\n\0")
+#: How much of an error page is kept, after redaction.
+_EXCERPT_CHARS = 500
+
+
+def _refuse_constant(name: str) -> Any:
+    """``json.loads`` hook: ``NaN``, ``Infinity`` and ``-Infinity`` are not JSON."""
+    raise ValueError(f"{name} is not a JSON value")
+
+
+def _finite_float(text: str) -> float:
+    """``json.loads`` hook: a number like ``1e999`` would become infinity."""
+    value = float(text)
+    if not math.isfinite(value):
+        raise ValueError(f"{text[:40]} is not a JSON value a float can hold")
+    return value
+
+
+def _variants(secret: str) -> list[str]:
+    """The forms a secret takes in text: raw, stripped, and escaped by ``repr`` or JSON."""
+    forms = {secret, secret.strip(), repr(secret)[1:-1], json.dumps(secret)[1:-1]}
+    return [f for f in forms if len(f) >= 4]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -70,7 +98,9 @@ class Auth:
 class Answer:
     """A response read in full (up to the cap) and parsed.
 
-    :ivar body: the parsed JSON body, or None for an empty one.
+    :ivar body: the parsed JSON body, or None for an empty one.  The body of
+        an answer outside 2xx has every secret header value seen so far
+        redacted from its strings (servers echo requests in error answers).
     """
 
     status: int
@@ -90,6 +120,7 @@ class Transport:
         *,
         auth: Auth | None = None,
         timeout: tuple[float, float] = (5.0, 30.0),
+        deadline: float | None = None,
         max_response_bytes: int = 16 * 2**20,
         pool_size: int = 10,
         session: requests.Session | None = None,
@@ -107,6 +138,9 @@ class Transport:
         self.origin = (parts.scheme, parts.netloc.lower())
         self.auth = auth or Auth()
         self.timeout = timeout
+        #: Seconds one request may take from sending to the last byte of its
+        #: answer, redirects included; by default connect + read timeout.
+        self.deadline = deadline if deadline is not None else float(sum(timeout))
         self.max_response_bytes = max_response_bytes
         self.verify = verify
         self._clock = clock
@@ -136,14 +170,16 @@ class Transport:
             if name.lower() in self._secret_names and value:
                 text = str(value)
                 with self._secret_lock:
-                    if text not in self._secrets:
-                        self._secrets.append(text)
-                        _, _, token = text.partition(" ")
-                        if token and len(token) >= 4:
-                            self._secrets.append(token)
+                    if text in self._secrets:
+                        continue
+                    _, _, token = text.strip().partition(" ")
+                    for form in [*_variants(text), *(_variants(token) if token else [])]:
+                        if form not in self._secrets:
+                            self._secrets.append(form)
 
     def redact(self, text: str) -> str:
-        """``text`` with every secret header value seen so far replaced."""
+        """``text`` with every secret header value seen so far replaced (also
+        in the escaped forms ``repr`` and JSON give it)."""
         with self._secret_lock:
             secrets = sorted(self._secrets, key=len, reverse=True)
         for secret in secrets:
@@ -151,16 +187,52 @@ class Transport:
                 text = text.replace(secret, _REDACTED)
         return text
 
+    def redact_value(self, value: Any) -> Any:
+        """A parsed JSON value with :meth:`redact` applied to every string in it."""
+        if isinstance(value, str):
+            return self.redact(value)
+        if isinstance(value, list):
+            return [self.redact_value(v) for v in value]
+        if isinstance(value, dict):
+            return {self.redact(str(k)): self.redact_value(v) for k, v in value.items()}
+        return value
+
+    def _check_auth_headers(self, headers: Mapping[str, Any], method: str, url: str) -> None:
+        """Refuse credentials requests would refuse -- naming the header, never the value."""
+        for name, value in headers.items():
+            if isinstance(value, str) and not (_BAD_HEADER_CHARS & set(value)) \
+                    and value == value.strip():
+                continue
+            problem = (f"is a {type(value).__name__}, not a str" if not isinstance(value, str)
+                       else "holds a line break, NUL or surrounding whitespace (a token read "
+                       "from a file keeps its newline: strip it)")
+            raise AuthRequiredError(
+                f"{method} {urlsplit(url).path}: the value Auth.get_headers returned for the "
+                f"{name!r} header {problem}; sync is paused until get_headers returns "
+                "a usable value"
+            )
+
     # -- urls ------------------------------------------------------------------
 
-    def resolve(self, url: str) -> str:
-        """An absolute URL for a path or URL; another origin raises."""
-        if "://" in url or url.startswith("//"):
-            absolute = urljoin(self.base_url + "/", url)
-        else:
-            absolute = self.base_url + ("" if url.startswith("/") else "/") + url
-        parts = urlsplit(absolute)
-        if (parts.scheme, parts.netloc.lower()) != self.origin:
+    def resolve(self, url: str, base: str | None = None) -> str:
+        """An absolute URL for a path or URL (relative to ``base``, a redirect's
+        request URL); another origin, or a URL that does not parse, raises
+        :class:`ForbiddenRedirectError`."""
+        try:
+            if base is not None:
+                absolute = urljoin(base, url)
+            elif "://" in url or url.startswith("//"):
+                absolute = urljoin(self.base_url + "/", url)
+            else:
+                absolute = self.base_url + ("" if url.startswith("/") else "/") + url
+            parts = urlsplit(absolute)
+            netloc = parts.netloc.lower()
+            _ = parts.port  # raises ValueError for a port out of range
+        except ValueError as exc:
+            raise ForbiddenRedirectError(
+                self.redact(f"refusing the malformed URL {url[:200]!r}: {exc}")
+            ) from None
+        if (parts.scheme, netloc) != self.origin:
             raise ForbiddenRedirectError(
                 f"refusing {parts.scheme}://{parts.netloc}: only {self.origin[0]}://"
                 f"{self.origin[1]} (the origin of base_url) is contacted"
@@ -193,9 +265,10 @@ class Transport:
             if answer.status != 401:
                 return answer
             if auth_attempts >= self.auth.max_auth_retries or self.auth.on_auth_error is None:
+                paused = "push is paused" if method != "GET" else "the pull stops"
                 raise AuthRequiredError(
                     f"{method} {answer.path} was refused with 401 after {auth_attempts} "
-                    "credential refresh(es); push is paused until Auth.get_headers returns "
+                    f"credential refresh(es); {paused} until Auth.get_headers returns "
                     "working credentials"
                 )
             auth_attempts += 1
@@ -224,7 +297,10 @@ class Transport:
         if extra:
             headers.update(extra)
         if self.auth.get_headers is not None:
-            headers.update(self.auth.get_headers())
+            credentials = self.auth.get_headers()
+            self._remember_secrets(credentials)
+            self._check_auth_headers(credentials, method, absolute)
+            headers.update(credentials)
         self._remember_secrets(headers)
         data: bytes | None = None
         if json_body is not NO_BODY:
@@ -234,6 +310,7 @@ class Transport:
         started = self._clock()
         for _ in range(6):
             path = urlsplit(url).path
+            self._check_deadline(started, method, path, None)
             try:
                 response = self._session.request(
                     method,
@@ -251,10 +328,19 @@ class Transport:
                 raise TransportError(
                     self.redact(f"{method} {path}: {type(exc).__name__}: {exc}")
                 ) from None
+            except ValueError as exc:  # requests parses a redirect's Location up front
+                raise ForbiddenRedirectError(self.redact(
+                    f"{method} {path}: refusing the answer, whose redirect URL does not "
+                    f"parse: {exc}")) from None
             try:
                 if response.is_redirect:
                     location = response.headers.get("Location", "")
-                    url = self.resolve(urljoin(url, location))
+                    try:
+                        url = self.resolve(location, base=url)
+                    except ForbiddenRedirectError as exc:
+                        raise ForbiddenRedirectError(
+                            f"{method} {path} was redirected ({response.status_code}): {exc}"
+                        ) from None
                     params = None  # the Location carries its own query
                     if response.status_code in (301, 302, 303) and method not in ("GET", "HEAD"):
                         raise TransportError(
@@ -263,7 +349,7 @@ class Transport:
                             status=response.status_code,
                         )
                     continue
-                content = self._read(response, method, path)
+                content = self._read(response, method, path, started)
             finally:
                 response.close()
             elapsed = self._clock() - started
@@ -280,48 +366,87 @@ class Transport:
         if self.on_answer is not None:
             self.on_answer(status, seconds)
 
-    def _read(self, response: requests.Response, method: str, path: str) -> bytes:
+    def _check_deadline(self, started: float, method: str, path: str,
+                        status: int | None) -> None:
+        if self._clock() - started > self.deadline:
+            raise TransportError(
+                f"{method} {path}: no complete answer within the deadline of "
+                f"{self.deadline:g} s (Timeout; SyncConfig.deadline)", status=status)
+
+    def _chunks(self, response: requests.Response) -> Iterator[bytes]:
+        """The body as it arrives: each chunk is what one read of the socket gave,
+        so that the deadline is checked while a server drips its answer."""
+        raw = response.raw
+        if not isinstance(raw, urllib3.HTTPResponse):  # a custom adapter's response
+            yield from response.iter_content(65536)
+            return
+        while True:
+            chunk = raw.read1(65536, decode_content=True)
+            if not chunk:
+                return
+            yield chunk
+
+    def _read(self, response: requests.Response, method: str, path: str,
+              started: float) -> bytes:
         cap = self.max_response_bytes
+        status = response.status_code
         declared = response.headers.get("Content-Length")
-        if declared is not None and declared.isdigit() and int(declared) > cap:
+        if declared is not None and declared.isascii() and declared.isdigit() \
+                and int(declared) > cap:
             raise TransportError(
                 f"{method} {path}: response of {declared} bytes exceeds the cap of {cap}",
-                status=response.status_code,
+                status=status,
             )
         chunks: list[bytes] = []
         size = 0
         try:
-            for chunk in response.iter_content(65536):
+            for chunk in self._chunks(response):
                 size += len(chunk)
                 if size > cap:
                     raise TransportError(
                         f"{method} {path}: response exceeds the cap of {cap} bytes",
-                        status=response.status_code,
+                        status=status,
                     )
                 chunks.append(chunk)
-        except requests.RequestException as exc:
+                self._check_deadline(started, method, path, status)
+        except (requests.RequestException, urllib3.exceptions.HTTPError, OSError) as exc:
             raise TransportError(
                 self.redact(f"{method} {path}: answer cut short: {type(exc).__name__}: {exc}"),
-                status=response.status_code,
+                status=status,
             ) from None
         return b"".join(chunks)
 
     def _parse(self, content: bytes, response: requests.Response, method: str, path: str) -> Any:
         if not content.strip():
             return None
+        status = response.status_code
         ctype = response.headers.get("Content-Type", "")
         is_json = "json" in ctype.lower()
         try:
-            return json.loads(content)
-        except ValueError:
-            if 200 <= response.status_code < 300:
+            body = json.loads(content, parse_constant=_refuse_constant, parse_float=_finite_float)
+        except (ValueError, RecursionError) as exc:
+            if 200 <= status < 300:
                 what = "malformed JSON" if is_json else f"a non-JSON body ({ctype or 'no type'})"
+                why = ("nested too deeply" if isinstance(exc, RecursionError)
+                       else str(exc) if "JSON value" in str(exc) else "")
                 raise TransportError(
-                    f"{method} {path}: server answered {response.status_code} with {what}",
-                    status=response.status_code,
+                    f"{method} {path}: server answered {status} with {what}"
+                    + (f" ({why})" if why else ""),
+                    status=status,
                 ) from None
-            # An error page: keep a short, redacted excerpt for the record.
-            return self.redact(content[:500].decode("utf-8", "replace"))
+            return self._excerpt(content)
+        if 200 <= status < 300:
+            return body
+        try:
+            return self.redact_value(body)
+        except RecursionError:
+            return self._excerpt(content)
+
+    def _excerpt(self, content: bytes) -> str:
+        """A short, redacted excerpt of an error page, for the record.  Redacted
+        first, then cut, so that no secret is cut in two and kept in half."""
+        text = content[: _EXCERPT_CHARS + 8192].decode("utf-8", "replace")
+        return self.redact(text)[:_EXCERPT_CHARS]
 
     def close(self) -> None:
         """Close the pooled connections (if this transport created the session)."""

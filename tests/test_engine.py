@@ -361,3 +361,57 @@ def test_a_stale_leader_is_fenced_off(engine: Engine, server: BackendServer,
     assert new.push().pushed == 1
     old.stop()
     new.stop()
+
+
+def test_renewal_extends_only_the_lease_we_hold(engine: Engine, server: BackendServer) -> None:
+    """CRASH-5: a sync renews its lease while it runs (Heartbeat -> Lease.renew);
+    renewal extends our own lease and never takes one over."""
+    clock = FakeClock(time.time())
+    first = make(engine, server, clock=clock, leader=Leader(ttl=15.0))
+    assert first.sync().leader
+    lease = first.lease
+    assert lease is not None
+    clock.advance(10)
+    assert lease.renew() and lease.expires_at == clock.now + 15
+    with engine.connect() as conn:
+        assert conn.execute(select(leases.c.expires_at)).scalar_one() == clock.now + 15
+    clock.advance(16)  # paused past the TTL: another engine takes over
+    second = make(engine, server, clock=clock, leader=Leader(ttl=15.0))
+    assert second.sync().leader
+    assert not lease.renew() and lease.token is None and not first.is_leader()
+    assert second.lease is not None and second.lease.renew()
+    first.stop()
+    second.stop()
+
+
+def test_a_push_stops_once_its_lease_is_lost(engine: Engine, server: BackendServer,
+                                             Sess: sessionmaker[Session]) -> None:
+    """CRASH-5: when the heartbeat finds the lease taken over in the middle of a push,
+    nothing more is sent or written: the push ends as a follower's."""
+    clock = FakeClock(time.time())
+    stolen: list[int] = []
+    sync: SyncEngine | None = None
+
+    def headers(item: Any) -> dict[str, str]:
+        if not stolen:  # while the first wave is sent, another process takes over ...
+            stolen.append(1)
+            with engine.begin() as conn:
+                conn.execute(leases.update().values(owner="another process",
+                                                    token=leases.c.token + 1))
+            assert sync is not None and sync.lease is not None
+            assert not sync.lease.renew()  # ... and the next beat finds it gone
+        return {}
+
+    push = Push(create=Request("POST", "/api/posts", headers=headers),
+                update=Request("PUT", "/api/posts/{id}"),
+                delete=Request("DELETE", "/api/posts/{id}"))
+    sync = make(engine, server, clock=clock, leader=Leader(ttl=15.0),
+                routes=define_routes({"articles": Routes(fields={"updated_at": "updatedAt"},
+                                                         push=push)}),
+                sync=Schedule(interval=3600.0, push_concurrency=1, push_batch_size=1))
+    add(Sess, "a1", "a2", "a3")
+    result = sync.push()
+    assert (result.pushed, sync.is_leader()) == (0, False)
+    assert len(server.store.requests("POST")) == 1  # the first wave only
+    assert sync.queue_depth() == 3  # its answer is not recorded: the new leader resends it
+    sync.stop()

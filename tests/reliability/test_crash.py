@@ -35,13 +35,12 @@ process): the server and the local database hold the same rows; every change
 the application committed is on the server with its last value (no change
 lost); no create was applied twice; the outbox is empty; no dead letters.
 
-Known bugs -- bug 1 of test_faults.py and CRASH-1 to CRASH-4, each reproduced
-deterministically at the end of this module -- are recognised by their
-signature (the harness tags every lost change with what it saw happen to the
-row) and excused: a run that met only known bugs ends as ``xfail`` naming
-them; anything else (an unexplained lost change, a duplicated create, a dead
-letter, a divergence or a stuck outbox without the CRASH-2 signature, a worker
-that dies or logs another failure) fails.
+The bugs the harness found -- bug 1 of test_faults.py and CRASH-1 to CRASH-5,
+each reproduced deterministically at the end of this module -- are fixed; the
+harness still tags every lost change with what it saw happen to the row, so a
+failure names the bug that came back.  Anything else (an unexplained lost
+change, a duplicated create, a dead letter, a divergence or a stuck outbox, a
+worker that dies or logs another failure) fails too.
 
 The default run kills 20 times per id mode (client ids with Idempotency-Key
 honoured, then server-assigned ids); ``SQLA_SYNC_RELIABILITY_LONG=1`` kills
@@ -997,8 +996,8 @@ class Harness:
                  if (v[0] is not None and v[0] == expected.get(marker_of(v[0])))
                  or (v[0] is None and expected.get(marker_of(v[1]), "") is None)}
         if kept_locally or (stale and not pending):
-            known.append(f"CRASH-1 (test_a_commit_during_a_pull_is_not_dropped): "
-                         f"{len(kept_locally)} change(s) kept locally with their op gone")
+            problems.append(f"CRASH-1 is back (test_a_commit_during_a_pull_is_not_dropped): "
+                            f"{len(kept_locally)} change(s) kept locally with their op gone")
         if wedged:
             problems.append(f"CRASH-2 is back (test_the_server_copy_of_an_unacknowledged_"
                             f"create): push stuck on {dict(Counter(engine_errors).most_common(1))}; "
@@ -1073,9 +1072,8 @@ def test_crash_server_assigned_ids(tmp_path: Path) -> None:
 
 # -- the harness's findings, each as a small deterministic reproduction -----------------
 #
-# Marked xfail(strict=True): each fails while its bug is there and turns into an XPASS
-# (a failure) once fixed -- then remove the mark.  The echo of a push whose answer was
-# lost, taken for a conflict, is bug 1 of test_faults.py
+# Each was marked xfail(strict=True) while its bug lived; all are fixed.  The echo of
+# a push whose answer was lost, taken for a conflict, is bug 1 of test_faults.py
 # (test_a_lost_answer_never_loses_the_next_change).
 
 
@@ -1095,20 +1093,19 @@ def quick_config(server: BackendServer, mode: str) -> Any:
     return dataclasses.replace(config, errors=Errors(retry_delay=lambda attempt: 0))
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError, reason=(
-    "CRASH-1: on SQLite a pull decides on reads outside its transaction; an application "
-    "commit in between loses its op and local != server for good; "
-    "remove this mark once fixed"))
 def test_a_commit_during_a_pull_is_not_dropped(
         local: tuple[Engine, sessionmaker[Session]]) -> None:
-    """A pull reads a row's pending ops, decides, then writes; on SQLite (pysqlite) those
-    reads are not in the write transaction, so an application commit in between is not
-    seen by the decision.  Here it loses its op and the row differs from the server's
-    for good."""
+    """A pull reads a row's pending ops, decides, then writes.  CRASH-1 (fixed): on
+    SQLite (pysqlite) those reads were not in the write transaction, so an application
+    commit in between was not seen by the decision, lost its op, and the row differed
+    from the server's for good.  Now the pull's transaction holds SQLite's write lock
+    from its first read (BEGIN IMMEDIATE): the user's commit cannot land in between --
+    with no busy timeout it is refused at once, and made again once the pull is done,
+    as a busy timeout would have waited for it -- and nothing is lost."""
     db, _ = local
     with BackendServer() as server:
         sync = start_sync(db, quick_config(server, "client"))
-        app_db = create_engine(db.url)
+        app_db = create_engine(db.url, connect_args={"timeout": 0})  # no busy wait
         app = track(sessionmaker(app_db, expire_on_commit=False))
         try:
             with app() as s:
@@ -1120,27 +1117,37 @@ def test_a_commit_during_a_pull_is_not_dropped(
                 s.get(Article, "a1").title = "mine"
                 s.commit()
             fired: list[int] = []
+            waited: list[str] = []
+
+            def edit() -> None:
+                with app() as s:
+                    s.get(Article, "a1").title = "mine, later"
+                    s.commit()
 
             def meanwhile(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
                 # The pull has decided; before its first write the user edits again.
                 if not fired and statement.startswith("DELETE FROM sqla_sync_outbox"):
                     fired.append(1)
-                    with app() as s:
-                        s.get(Article, "a1").title = "mine, later"
-                        s.commit()
+                    try:
+                        edit()
+                    except OperationalError as exc:  # the pull holds the write lock
+                        waited.append(str(exc.orig))
 
             event.listen(db, "before_cursor_execute", meanwhile)
             try:
                 sync.sync()
             finally:
                 event.remove(db, "before_cursor_execute", meanwhile)
+            if waited:
+                edit()  # the lock is free again: the user's commit goes through now
             sync.sync()
             with app() as s:
                 mine = s.get(Article, "a1").title
             theirs = server.store.get("posts", "a1")["title"]  # type: ignore[index]
             assert fired
             assert mine == theirs == "mine, later", (
-                f"local {mine!r}, server {theirs!r} with {sync.queue_depth()} op(s) pending")
+                f"local {mine!r}, server {theirs!r} with {sync.queue_depth()} op(s) pending "
+                f"(the user's commit waited: {waited})")
         finally:
             sync.stop()
             untrack(app)
@@ -1278,16 +1285,13 @@ def test_a_deleted_offline_row_takes_its_pulled_copy_along(
             sync.stop()
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError, reason=(
-    "CRASH-5: the leader lease is renewed only between syncs; a sync longer than the TTL "
-    "runs on an expired lease; "
-    "remove this mark once fixed"))
 def test_the_lease_holds_through_a_long_sync(
         local: tuple[Engine, sessionmaker[Session]]) -> None:
     """A sync that outlasts the TTL (a backlog after a restart, a slow server, one
     request waiting out a read timeout longer than the TTL) must keep its lease: here
-    30 creates at 0.1 s each take 3 s with a 1 s TTL.  Renewed only before each sync,
-    the lease expires 1 s in, and another process may take over while this one sends."""
+    30 creates at 0.1 s each take 3 s with a 1 s TTL.  CRASH-5 (fixed): renewed only
+    before each sync, the lease expired 1 s in, and another process could take over
+    while this one sent; now a heartbeat renews it every TTL/3 while the sync runs."""
     db, maker = local
     with BackendServer(delay_ms=100) as server:
         with maker() as s:

@@ -15,8 +15,9 @@
   Content-Length, chunked, and against a gzip bomb.
 * No pickle, marshal, eval, exec, yaml.load or shell anywhere in sqla_sync/.
 
-Defects found are pinned by ``BUG-n`` tests (``xfail(strict=True)``); see
-reliability/input_load_security.md.
+Defects found are pinned by ``BUG-n`` tests (``xfail(strict=True)`` while they
+are open; BUG-9, 10, 12 and 15 are fixed, and their tests now guard the fixes);
+see reliability/input_load_security.md.
 """
 
 from __future__ import annotations
@@ -63,9 +64,11 @@ from sqla_sync import (
     track,
     untrack,
 )
+from sqla_sync.errors import TransportError
 from sqla_sync.signals import EVENT_NAMES, namespace
 from sqla_sync.tables import metadata as sync_metadata
 from sqla_sync.tables import outbox
+from sqla_sync.transport import Transport
 from tests.conftest import FakeClock
 from tests.models import Article
 from tests.reliability.test_bad_input import (
@@ -321,11 +324,6 @@ def test_the_canary_never_leaks_when_the_server_echoes_the_headers(
     FIGURES["canary:leaks"] += len(leaked(everything))
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError,
-                   reason="BUG-9: a token read with its trailing newline makes requests raise "
-                          "InvalidHeader, whose message holds repr(value) ('...\\\\n'); "
-                          "Transport.redact looks for the raw value and misses it, so the "
-                          "token lands in last_error, dead letters and log records")
 def test_bug9_a_token_with_a_trailing_newline_never_leaks(
         hostile: HostileServer, template: Template, collector: Collector,
         caplog: pytest.LogCaptureFixture) -> None:
@@ -339,17 +337,19 @@ def test_bug9_a_token_with_a_trailing_newline_never_leaks(
                                            errors=Errors(max_retries=0))) as sync:
             collector.add(collector.call(sync.push))
             collector.engine_state(sync, engine)
+            # Refused before sending, naming the header: push pauses, nothing is buried.
+            assert sync.get_status().auth_required
+            assert sync.dead_letters() == [] and sync.queue_depth() == 1
+            assert "'Authorization' header" in str(sync.get_status().last_error or "") or \
+                collector.events["auth-required"] == 1
     finally:
         untrack(maker)
         engine.dispose()
+    assert hostile.requests == []
     everything = "\n".join([caplog.text, *collector.texts])
     assert not leaked(everything), leaked(everything)
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError,
-                   reason="BUG-10: push._excerpt cuts repr(body) at 300 characters before "
-                          "Transport.redact runs, so a token straddling the cut is not "
-                          "recognised and its first characters reach the dead letter")
 def test_bug10_a_token_cut_in_half_by_the_excerpt_never_leaks(
         hostile: HostileServer, template: Template) -> None:
     found: list[str] = []
@@ -368,10 +368,6 @@ def test_bug10_a_token_cut_in_half_by_the_excerpt_never_leaks(
     assert not found, found
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError,
-                   reason="BUG-12: a 409 answer that carries the row and echoes the token "
-                          "passes the token unredacted into the conflict event "
-                          "(Conflict.remote) and the shadow table")
 def test_bug12_a_conflict_answer_echoing_the_token(hostile: HostileServer, template: Template,
                                                    collector: Collector) -> None:
     hostile.reset(json_reply(409, {"id": "a1", "title": "server's",
@@ -631,10 +627,6 @@ class DripServer:
         self.thread.join(timeout=5)
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError,
-                   reason="BUG-15: the read timeout bounds each socket read, not the request: "
-                          "a server dripping one byte per 0.2 s holds a pull (and the engine's "
-                          "work lock) for as long as it drips, whatever timeout= says")
 def test_bug15_a_dripping_server_cannot_hold_a_request_past_its_timeout(
         template: Template) -> None:
     drip = DripServer(every=0.2, total=3.0)
@@ -651,6 +643,22 @@ def test_bug15_a_dripping_server_cannot_hold_a_request_past_its_timeout(
         engine.dispose()
     FIGURES["drip:pull-held-ms"] = int(elapsed * 1000)
     assert elapsed < 1.5, f"timeout=(0.5, 0.5), yet the pull took {elapsed:.1f} s"
+
+
+def test_the_deadline_counts_the_whole_answer(hostile: HostileServer) -> None:
+    """BUG-15's deadline, with an injected clock: an answer still arriving when the
+    deadline has passed is refused; the same answer in time is read."""
+    hostile.reset(json_reply(200, {"data": ["x" * 100]}), json_reply(200, {"data": []}))
+    ticks = iter([0.0, 0.0] + [100.0] * 10)
+    late = Transport(hostile.url, deadline=5.0, clock=lambda: next(ticks))
+    with pytest.raises(TransportError, match=r"GET /api/posts: no complete answer within "
+                                             r"the deadline of 5 s"):
+        late.request("GET", "/api/posts")
+    in_time = Transport(hostile.url, deadline=5.0, clock=lambda: 1.0)
+    assert in_time.request("GET", "/api/posts").body == {"data": []}
+    assert Transport(hostile.url, timeout=(2.0, 3.0)).deadline == 5.0  # the default
+    late.close()
+    in_time.close()
 
 
 # -- dangerous code ----------------------------------------------------------------------------

@@ -89,7 +89,7 @@ ROUTES = define_routes({"articles": Routes(
               deleted=lambda row: row.get("deleted", False)),
 )})
 
-_WRITE_VERBS = ("INSERT", "UPDATE", "DELETE", "REPLACE")
+_WRITE_VERBS = ("INSERT", "UPDATE", "DELETE", "REPLACE", "BEGIN I")  # BEGIN IMMEDIATE
 
 
 @dataclass
@@ -371,23 +371,24 @@ def test_with_the_sqlalchemy_pysqlite_recipe_nothing_is_lost(tmp_path: Path) -> 
     assert local == remote, f"{len(set(local) ^ set(remote))} rows differ"
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError,
-                   reason="BUG-13: with the pysqlite default (the driver BEGINs before DML "
-                          "only) the library's fenced transactions are not transactions on "
-                          "SQLite: the fence SELECT runs in autocommit before BEGIN, and each "
-                          "write-back SAVEPOINT of push's record step opens and RELEASE "
-                          "commits its own transaction, apart from the outbox update")
 def test_bug13_the_library_write_transactions_are_single_sqlite_transactions(
         tmp_path: Path) -> None:
+    """BUG-13 (fixed): on the pysqlite default the driver BEGINs only before DML, so the
+    fence's lease read ran in autocommit before the transaction it guards, and each
+    write-back SAVEPOINT opened (and its RELEASE committed) a transaction of its own.
+    Now each library write transaction starts with BEGIN IMMEDIATE: the lease read is
+    its first statement, inside it, and the write-backs are savepoints within the
+    transaction that also completes the ops."""
     engine = create_engine(f"sqlite:///{tmp_path / 'app.db'}")
     reset_schema(engine, Base.metadata)
     engine.dispose()
-    trace: list[tuple[str, bool]] = []
+    trace: list[tuple[int, str, bool, str]] = []
 
     @event.listens_for(engine, "connect")
     def _connect(dbapi_connection: Any, record: Any) -> None:
         def seen(statement: str) -> None:
-            trace.append((statement.split(None, 1)[0].upper(), dbapi_connection.in_transaction))
+            trace.append((id(dbapi_connection), statement.split(None, 1)[0].upper(),
+                          dbapi_connection.in_transaction, statement))
         dbapi_connection.set_trace_callback(seen)
 
     maker = track(sessionmaker(engine, expire_on_commit=False))
@@ -402,11 +403,31 @@ def test_bug13_the_library_write_transactions_are_single_sqlite_transactions(
     finally:
         untrack(maker)
         engine.dispose()
-    # Savepoints and the fence's lease read must happen inside an open transaction.
-    outside = [(verb, i) for i, (verb, inside) in enumerate(trace)
+    # Savepoints happen inside an open transaction.
+    outside = [i for i, (_, verb, inside, _) in enumerate(trace)
                if verb == "SAVEPOINT" and not inside]
-    fence_reads = [i for i, (verb, inside) in enumerate(trace) if verb == "SELECT" and not inside
-                   and i + 1 < len(trace) and trace[i + 1][0] in ("BEGIN", "SAVEPOINT")]
-    assert not outside and not fence_reads, (
+    # Every transaction that writes the outbox or the shadow is fenced inside itself:
+    # its first statement after BEGIN is the lease read.
+    transactions: list[list[str]] = []
+    open_: dict[int, list[str]] = {}
+    for conn, verb, _, statement in trace:
+        if verb == "BEGIN":
+            open_[conn] = [statement]
+        elif conn in open_:
+            open_[conn].append(statement)
+            if verb in ("COMMIT", "ROLLBACK"):
+                transactions.append(open_.pop(conn))
+    writing = [t for t in transactions
+               if any(w.split(None, 1)[0].upper() in ("INSERT", "UPDATE", "DELETE")
+                      and ("sqla_sync_outbox" in w or "sqla_sync_rows" in w) for w in t)]
+    unfenced = [t[:3] for t in writing
+                if not (len(t) > 1 and t[0].upper().startswith("BEGIN IMMEDIATE")
+                        and "FROM sqla_sync_leases" in t[1])]
+    # The write-back of the answers and the completion of their ops: one transaction.
+    recorded = [t for t in writing if any(w.startswith("UPDATE articles") for w in t)]
+    assert not outside and writing and not unfenced, (
         f"{len(outside)} SAVEPOINT(s) opened a transaction of their own; "
-        f"{len(fence_reads)} read(s) ran in autocommit right before BEGIN/SAVEPOINT: {trace}")
+        f"{len(unfenced)} of {len(writing)} write transaction(s) not fenced inside: "
+        f"{unfenced}")
+    assert recorded and all(any(w.startswith("DELETE FROM sqla_sync_outbox") for w in t)
+                            for t in recorded), recorded
