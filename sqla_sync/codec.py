@@ -103,7 +103,7 @@ def _pick(type_: sqltypes.TypeEngine[Any]) -> tuple[Encoder, Decoder]:
     if isinstance(type_, sqltypes.Uuid):
         if type_.as_uuid:
             return str, lambda v: v if isinstance(v, uuid.UUID) else uuid.UUID(str(v))
-        return str, str
+        return str, _decode_text
     if isinstance(type_, sqltypes.Float):
         if type_.asdecimal:
             return str, lambda v: decimal.Decimal(str(v))
@@ -124,8 +124,28 @@ def _pick(type_: sqltypes.TypeEngine[Any]) -> tuple[Encoder, Decoder]:
     if isinstance(type_, sqltypes.JSON):
         return _identity, _identity
     if isinstance(type_, sqltypes.String):
-        return _identity, lambda v: v if isinstance(v, str) else str(v)
+        return _identity, _decode_text
     return _identity, _identity
+
+
+def _decode_text(value: Any) -> str:
+    # Numbers become their text (an id sent as 5 is the key "5"); anything
+    # else is a wrong type, never its Python repr ("[1]", "{'a': 1}", "True").
+    if isinstance(value, str):
+        return value
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return str(value)
+    raise TypeError(f"expected text, got a JSON {_json_kind(value)}")
+
+
+def _json_kind(value: Any) -> str:
+    if isinstance(value, bool):
+        return "boolean"
+    if isinstance(value, list):
+        return "array"
+    if isinstance(value, dict):
+        return "object"
+    return type(value).__name__
 
 
 def _decode_bool(value: Any) -> bool:
@@ -140,14 +160,21 @@ def _decode_bool(value: Any) -> bool:
 
 
 class Codec:
-    """Encoder and decoder of one column; None passes through both unchanged."""
+    """Encoder and decoder of one column; None passes through both unchanged.
 
-    __slots__ = ("_decode", "_encode", "name")
+    :ivar as_is: the JSON value types the decoder returns unchanged (a ``str``
+        for a String column), or None when it returns every value unchanged;
+        readers of many rows skip the call for them.
+    """
 
-    def __init__(self, name: str, encode: Encoder, decode: Decoder) -> None:
+    __slots__ = ("_decode", "_encode", "as_is", "name")
+
+    def __init__(self, name: str, encode: Encoder, decode: Decoder,
+                 as_is: frozenset[type] | None = frozenset()) -> None:
         self.name = name
         self._encode = encode
         self._decode = decode
+        self.as_is = as_is
 
     def encode(self, value: Any) -> Any:
         """Turn a column value into a JSON-ready value."""
@@ -160,6 +187,9 @@ class Codec:
         """
         if value is None:
             return None
+        as_is = self.as_is
+        if as_is is None or type(value) in as_is:
+            return value
         try:
             return self._decode(value)
         except Exception as exc:
@@ -171,7 +201,37 @@ class Codec:
 def codec_for(column: Column[Any]) -> Codec:
     """Pick the codec of a column from its type, once, at configure time."""
     encode, decode = _pick(column.type)
-    return Codec(column.key, encode, decode)
+    return Codec(column.key, encode, decode, _decoded_as_is(column.type))
+
+
+_ALL: frozenset[type] | None = None
+_NONE: frozenset[type] = frozenset()
+
+
+def _decoded_as_is(type_: sqltypes.TypeEngine[Any]) -> frozenset[type] | None:
+    """The JSON value types the decoder :func:`_pick` chooses returns unchanged
+    (None: every value); follows the same dispatch."""
+    if isinstance(type_, sqltypes.TypeDecorator):
+        return _decoded_as_is(type_.impl_instance)
+    if isinstance(type_, sqltypes.Enum):
+        return _ALL if type_.enum_class is None else _NONE
+    if isinstance(type_, (sqltypes.DateTime, sqltypes.Date, sqltypes.Time, sqltypes.Interval)):
+        return _NONE
+    if isinstance(type_, sqltypes.Uuid):
+        return _NONE if type_.as_uuid else frozenset({str})
+    if isinstance(type_, (sqltypes.Float, sqltypes.Numeric)):
+        return _NONE if type_.asdecimal else frozenset({float})
+    if isinstance(type_, sqltypes.Boolean):
+        return frozenset({bool})
+    if isinstance(type_, sqltypes.Integer):
+        return frozenset({int})
+    if isinstance(type_, sqltypes._Binary):
+        return _NONE
+    if isinstance(type_, sqltypes.JSON):
+        return _ALL
+    if isinstance(type_, sqltypes.String):
+        return frozenset({str})
+    return _ALL
 
 
 # One encoder for every call: json.dumps with keyword arguments builds a new one.

@@ -27,6 +27,7 @@ import datetime as dt
 import logging
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from json.encoder import encode_basestring
 from typing import Any
 
 from sqlalchemy import Engine, and_, bindparam, delete, insert, select, tuple_, update
@@ -193,6 +194,37 @@ def _norm_version(value: Any) -> str | None:
     return text.strip('"')
 
 
+#: How a column is read from a server row: (column key, server field, the other
+#: field name that also reaches the column or None, JSON types kept as they
+#: are (None: every value), decoder).
+_ColumnRead = tuple[str, str, "str | None", "frozenset[type] | None", Callable[[Any], Any]]
+
+
+def _read_plan(table: TableRoutes) -> tuple[_ColumnRead, ...]:
+    """The fields of a server row that reach each column, once per table.
+
+    :meth:`TableRoutes.columns_of` renames every field with ``to_local`` (a
+    field it does not know keeps its name) and decodes the synced columns, so
+    a column is reached by its server name and, unless that name is another
+    column's server name, by its own key too.
+    """
+    info = table.info
+    names: dict[str, list[str]] = {}
+    for field, key in table.to_local.items():
+        names.setdefault(key, []).append(field)
+    plan: list[_ColumnRead] = []
+    for key in info.keys:
+        fields = names.get(key, [])
+        if key not in table.to_local and key not in fields:
+            fields.append(key)
+        if not fields:
+            continue
+        codec = info.codecs[key]
+        alias = fields[1] if len(fields) > 1 else None
+        plan.append((key, fields[0], alias, codec.as_is, codec.decode))
+    return tuple(plan)
+
+
 @dataclasses.dataclass
 class _Writes:
     """Row writes of one page, grouped by the columns they set."""
@@ -216,12 +248,48 @@ class Applier:
         pull = table.routes.pull
         self.deleted_fn = pull.deleted if pull is not None else None
         self.map_row = pull.map_row if pull is not None else None
+        self._plan = _read_plan(table)
+        self._any_pending_stmt = select(outbox.c.id).where(
+            outbox.c.table_name == table.name, outbox.c.status == STATUS_PENDING).limit(1)
+        pk_cols = [self.info.columns[k] for k in self.info.pk_keys]
+        pk_expr = pk_cols[0] if len(pk_cols) == 1 else tuple_(*pk_cols)
+        self._local_stmt = select(*(self.info.columns[k] for k in self.info.keys)).where(
+            pk_expr.in_(bindparam("keys", expanding=True)))
+        #: Of a single-column key: the text and integer types its codec keeps as they are.
+        self._key_as_is: frozenset[type] = frozenset()
+        self._single_pk = self.info.pk_keys[0] if len(pk_cols) == 1 else None
+        self._version_field = table.routes.version_field
+        if len(pk_cols) == 1:
+            as_is = self.info.pk_codecs[0].as_is
+            self._key_as_is = frozenset({str, int} if as_is is None else as_is & {str, int})
+        self._names = {k: c.name for k, c in self.info.columns.items()}
+        #: Column names are the attribute keys: a row's values are its insert parameters.
+        self._plain_names = all(k == n for k, n in self._names.items())
 
     # -- decoding -----------------------------------------------------------------
 
     def columns(self, row: Mapping[str, Any]) -> dict[str, Any]:
-        """Column values of a server row: renamed, ``map_row`` applied, decoded."""
-        values = self.table.columns_of(row)
+        """Column values of a server row: renamed, ``map_row`` applied, decoded.
+
+        The same as :meth:`TableRoutes.columns_of` (plus ``map_row``), read
+        through a plan made once per table instead of renaming every field.
+        """
+        values: dict[str, Any] = {}
+        for key, field, alias, as_is, decode in self._plan:
+            if field in row:
+                if alias is not None and alias in row:
+                    # Both names of the column: the later field wins, as columns_of has it.
+                    values = self.table.columns_of(row)
+                    break
+                value = row[field]
+            elif alias is not None and alias in row:
+                value = row[alias]
+            else:
+                continue
+            if value is None or as_is is None or type(value) in as_is:
+                values[key] = value
+            else:
+                values[key] = decode(value)
         if self.map_row is not None:
             values.update(self.info.decode_row(self.map_row(dict(row))))
         return values
@@ -234,6 +302,29 @@ class Applier:
                 "(its primary key); check map_response/map_row and fields="
             )
         return self.info.encode_key(values[k] for k in self.info.pk_keys)
+
+    def _key_and_pk(self, values: Mapping[str, Any]) -> tuple[str, tuple[Any, ...]]:
+        """The key text of a row's column values, and its primary key values."""
+        if self._single_pk is not None:
+            only: Any = values.get(self._single_pk)
+            kind = type(only)
+            if kind in self._key_as_is:  # _key_text(), inline
+                return ("[" + encode_basestring(only) + "]" if kind is str
+                        else f"[{only}]"), (only,)
+        pk = tuple([values.get(k) for k in self.info.pk_keys])
+        if None in pk:
+            self.key_of(values)  # raises, naming what is missing
+        return self._key_text(pk), pk
+
+    def _key_text(self, pk: tuple[Any, ...]) -> str:
+        """:meth:`ModelInfo.encode_key`, written directly for a text or integer
+        key its codec keeps as it is (the same text)."""
+        if len(pk) == 1:
+            only = pk[0]
+            kind = type(only)
+            if kind in self._key_as_is:
+                return "[" + encode_basestring(only) + "]" if kind is str else f"[{only}]"
+        return self.info.encode_key(pk)
 
     def is_tombstone(self, row: Mapping[str, Any]) -> bool:
         return bool(self.deleted_fn(dict(row))) if self.deleted_fn is not None else False
@@ -291,23 +382,29 @@ class Applier:
 
     # -- reading local state ----------------------------------------------------------
 
-    def _where_keys(self, keys: Sequence[str]) -> Any:
-        pk_cols = [self.info.columns[k] for k in self.info.pk_keys]
-        decoded = [self.info.decode_key(k) for k in keys]
-        if len(pk_cols) == 1:
-            return pk_cols[0].in_([d[0] for d in decoded])
-        return tuple_(*pk_cols).in_(decoded)
+    def local_rows(self, conn: Connection, keys: Sequence[str],
+                   pks: Mapping[str, tuple[Any, ...]] | None = None) -> dict[str, dict[str, Any]]:
+        """The local rows of ``keys``, by key.
 
-    def local_rows(self, conn: Connection, keys: Sequence[str]) -> dict[str, dict[str, Any]]:
+        :param pks: the primary key values of (some of) the keys, when the
+            caller has them; the others are decoded from the key text.
+        """
         info = self.info
-        cols = [info.columns[k] for k in info.keys]
+        single = len(info.pk_keys) == 1
         found: dict[str, dict[str, Any]] = {}
         for start in range(0, len(keys), 500):
             chunk = keys[start : start + 500]
-            for row in conn.execute(select(*cols).where(self._where_keys(chunk))):
+            decoded = [pks[k] if pks is not None and k in pks else info.decode_key(k)
+                       for k in chunk]
+            wanted = [d[0] for d in decoded] if single else decoded
+            for row in conn.execute(self._local_stmt, {"keys": wanted}):
                 values = dict(zip(info.keys, row))
-                found[info.encode_key(values[k] for k in info.pk_keys)] = values
+                found[self._key_text(tuple([values[k] for k in info.pk_keys]))] = values
         return found
+
+    def _any_pending(self, conn: Connection) -> bool:
+        """Whether the table has any pending op at all."""
+        return conn.execute(self._any_pending_stmt).first() is not None
 
     def pending(self, conn: Connection, keys: Sequence[str]) -> dict[str, list[ob.OutboxOp]]:
         found: dict[str, list[ob.OutboxOp]] = {}
@@ -342,15 +439,15 @@ class Applier:
                 {info.columns[k].name: v for k, v in changes.items()}))
         return bool(changes)
 
-    def _queue_row(self, batch: _Writes, key: str, values: Mapping[str, Any],
+    def _queue_row(self, batch: _Writes, key: str, values: dict[str, Any],
                    local: Mapping[str, Any] | None) -> bool:
         """Like :meth:`_write_row`, but collected and written per page in a few
         executemany statements (one per set of written columns)."""
         info = self.info
         if local is None:
-            names = tuple(sorted(values))
-            batch.inserts.setdefault(names, []).append(
-                {info.columns[k].name: v for k, v in values.items()})
+            names = self._names
+            batch.inserts.setdefault(tuple(values), []).append(
+                values if self._plain_names else {names[k]: v for k, v in values.items()})
             return True
         changes = {k: v for k, v in values.items()
                    if k not in info.pk_keys and local.get(k) != v}
@@ -380,6 +477,39 @@ class Applier:
             outbox.c.table_name == self.table.name, outbox.c.row_key == key,
             outbox.c.status == STATUS_PENDING))
 
+    def _read_page(self, rows: Sequence[Mapping[str, Any]],
+                   dead: dict[str, Mapping[str, Any]] | None = None) -> tuple[
+            dict[str, tuple[dict[str, Any], Mapping[str, Any] | None]],
+            dict[str, tuple[Any, ...]]]:
+        """Column values of the listed rows by key (the last listing of a key wins,
+        at the place of its first), with the row itself or None for a tombstone;
+        and the primary key values of each key.  ``dead`` collects the
+        tombstones by key (lww reads the time of a delete from them)."""
+        last: dict[str, tuple[dict[str, Any], Mapping[str, Any] | None]] = {}
+        pks: dict[str, tuple[Any, ...]] = {}
+        columns = self.columns
+        key_and_pk = self._key_and_pk
+        deleted = self.deleted_fn
+        for item in rows:
+            if type(item) is not dict and not isinstance(item, Mapping):
+                raise PullError(f"{self.table.name}: a server row is {type(item).__name__}, "
+                                "not an object; check map_response")
+            try:
+                values = columns(item)
+            except (TypeError, ValueError, KeyError) as exc:
+                raise PullError(f"{self.table.name}: a server row could not be read: "
+                                f"{type(exc).__name__}: {exc}") from None
+            key, pk = key_and_pk(values)
+            pks[key] = pk
+            # is_tombstone(), inline: a call per row counts here.
+            if deleted is not None and deleted(dict(item)):
+                last[key] = (values, None)
+                if dead is not None:
+                    dead[key] = item
+            else:
+                last[key] = (values, item)
+        return last, pks
+
     def apply(
         self,
         conn: Connection,
@@ -396,37 +526,21 @@ class Applier:
         :return: (rows written, rows deleted, conflicts).
         """
         dead: dict[str, Mapping[str, Any]] = dict(deleted_rows or {})
-        decoded: list[tuple[str, dict[str, Any], Mapping[str, Any] | None]] = []
-        for item in rows:
-            if not isinstance(item, Mapping):
-                raise PullError(f"{self.table.name}: a server row is {type(item).__name__}, "
-                                "not an object; check map_response")
-            try:
-                values = self.columns(item)
-            except (TypeError, ValueError, KeyError) as exc:
-                raise PullError(f"{self.table.name}: a server row could not be read: "
-                                f"{type(exc).__name__}: {exc}") from None
-            key = self.key_of(values)
-            if self.is_tombstone(item):
-                dead[key] = item
-                decoded.append((key, values, None))
-            else:
-                decoded.append((key, values, item))
+        last, pks = self._read_page(rows, dead)
         for key in deleted_keys:
-            decoded.append((key, {}, None))
-        if not decoded:
+            last[key] = ({}, None)
+        if not last:
             return 0, 0, []
-        # The last listing of a key wins within a page.
-        last: dict[str, tuple[dict[str, Any], Mapping[str, Any] | None]] = {}
-        for key, values, listed in decoded:
-            last[key] = (values, listed)
         keys = list(last)
-        locals_ = self.local_rows(conn, keys)
-        pending = self.pending(conn, keys)
-        shadows = shadow.get_many(conn, self.table.name, keys)
+        locals_ = self.local_rows(conn, keys, pks)
+        # Most pages meet no pending op: one cheap look saves reading ops and shadows.
+        pending = self.pending(conn, keys) if self._any_pending(conn) else {}
+        # Only a key with a pending op compares with its shadow (echo or conflict).
+        shadows = (shadow.get_many(conn, self.table.name, [k for k in keys if k in pending])
+                   if pending else {})
         written = deleted = 0
         conflicts: list[Conflict] = []
-        new_shadows: list[dict[str, Any]] = []
+        new_shadows: list[shadow.ShadowTuple] = []
         gone: list[str] = []
         batch = _Writes()
         for key, (values, row) in last.items():
@@ -463,7 +577,7 @@ class Applier:
                                 k: v for k, v in values.items()
                                 if k in self.info.pk_keys or not mask & self.info.bits[k]},
                                 local)
-                        new_shadows.append(self._shadow(key, row, now))
+                        new_shadows.append(self._shadow_row(key, row, now))
                         continue
                 conflict, outcome = self._resolve(conn, key, values, row, local, ops, known, now,
                                                   when=dead.get(key))
@@ -474,7 +588,7 @@ class Applier:
                     else:
                         written += self._write_row(conn, key, values, local)
                 if row is not None:
-                    new_shadows.append(self._shadow(key, row, now))
+                    new_shadows.append(self._shadow_row(key, row, now))
                 elif outcome == "remote":
                     gone.append(key)
                 else:
@@ -488,17 +602,16 @@ class Applier:
                 gone.append(key)
                 continue
             written += self._queue_row(batch, key, values, local)
-            new_shadows.append(self._shadow(key, row, now))
+            new_shadows.append(self._shadow_row(key, row, now))
         self._flush(conn, batch)
-        shadow.upsert_many(conn, new_shadows, existing=shadows)
+        shadow.write_many(conn, new_shadows)
         shadow.delete_many(conn, self.table.name, gone)
         return written, deleted, conflicts
 
-    def deleted_shadow(self, key: str, now: float) -> dict[str, Any]:
+    def deleted_shadow(self, key: str, now: float) -> shadow.ShadowTuple:
         """A shadow row saying the server deleted the row (no state, no
         version): kept while a policy keeps the local side of that delete."""
-        return {"table_name": self.table.name, "row_key": key, "server_key": key,
-                "version": None, "state": None, "synced_at": now}
+        return (self.table.name, key, key, None, None, now)
 
     def _shadow(self, key: str, row: Mapping[str, Any], now: float) -> dict[str, Any]:
         vf = self.table.routes.version_field
@@ -521,6 +634,13 @@ class Applier:
             base=None if known is None else known.state,
             local_changed_at=max(op.changed_at for op in ops),
         )
+
+    def _shadow_row(self, key: str, row: Mapping[str, Any], now: float) -> shadow.ShadowTuple:
+        """:meth:`_shadow` as the tuple :func:`shadow.write_many` takes."""
+        vf = self._version_field
+        version = row.get(vf) if vf else None
+        return (self.table.name, key, key, None if version is None else str(version),
+                row if type(row) is dict else dict(row), now)
 
     def _resolve(
         self,

@@ -612,7 +612,7 @@ class Pusher:
             applier._delete_row(conn, key)
             shadow.delete_many(conn, table.name, [key])
         else:
-            shadow.upsert_many(conn, [applier.deleted_shadow(key, now)])
+            shadow.write_many(conn, [applier.deleted_shadow(key, now)])
         self.emit_later.append(conflict)
         o.kind = "resolved"
 

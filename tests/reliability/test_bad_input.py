@@ -1049,9 +1049,6 @@ def test_bug6_malformed_redirect(hostile: HostileServer, template: Template) -> 
     _push_must_not_escape(hostile, template, Reply(307, b"", [("Location", "http://[::1/x")]))
 
 
-@BUG(strict=True, raises=AssertionError,
-     reason="BUG-11: wrong JSON types are stored as their Python repr: a pulled id [1] "
-            "becomes the local row '[1]', a title {'a': 1} the text \"{'a': 1}\"")
 def test_bug11_lists_and_objects_are_not_coerced_to_text(hostile: HostileServer,
                                                          template: Template) -> None:
     hostile.reset(json_reply(200, {"data": [
