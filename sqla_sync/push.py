@@ -302,9 +302,16 @@ class Pusher:
     # -- reading rows ------------------------------------------------------------
 
     def _select_rows(
-        self, conn: Connection, info: ModelInfo, keys: Iterable[str]
+        self, conn: Connection, info: ModelInfo, keys: Iterable[str], *, lock: bool = False
     ) -> dict[str, dict[str, Any]]:
-        """Current local rows by row key (column key -> value); absent rows are missing."""
+        """Current local rows by row key (column key -> value); absent rows are missing.
+
+        :param lock: lock the rows (``FOR UPDATE``) until the transaction ends,
+            where the database has row locks: a decision made on them then
+            cannot miss an application commit made before its writes (SQLite
+            needs none: the library's write transactions hold its write lock).
+        """
+        lock = lock and conn.dialect.name != "sqlite"
         wanted = list(dict.fromkeys(keys))
         cols = [info.columns[k] for k in info.keys]
         pk_cols = [info.columns[k] for k in info.pk_keys]
@@ -315,7 +322,8 @@ class Pusher:
                 cond = pk_cols[0].in_([k[0] for k in chunk])
             else:
                 cond = tuple_(*pk_cols).in_(chunk)
-            for row in conn.execute(select(*cols).where(cond)):
+            stmt = select(*cols).where(cond)
+            for row in conn.execute(stmt.with_for_update() if lock else stmt):
                 values = dict(zip(info.keys, row))
                 found[info.encode_key(values[k] for k in info.pk_keys)] = values
         return found
@@ -567,9 +575,10 @@ class Pusher:
                     base=None, local_changed_at=o.op.changed_at, resolution="remote"))
             return
         applier = Applier(table, self.conflicts, self.clock, None)
+        # The row (locked) before its ops: see _select_rows.
+        local = self._select_rows(conn, table.info, [o.op.row_key], lock=True).get(o.op.row_key)
         ops = [op for op in applier.pending(conn, [o.op.row_key]).get(o.op.row_key, [])]
         known = shadow.get_many(conn, table.name, [o.op.row_key]).get(o.op.row_key)
-        local = self._select_rows(conn, table.info, [o.op.row_key]).get(o.op.row_key)
         values = applier.columns(remote)
         conflict, outcome = applier._resolve(conn, o.op.row_key, values, remote, local,
                                              ops or [o.op], known, now)
@@ -592,8 +601,8 @@ class Pusher:
                      known: shadow.ShadowRow | None, now: float, *, refused: bool) -> None:
         key = o.op.row_key
         applier = Applier(table, self.conflicts, self.clock, None)
+        local = self._select_rows(conn, table.info, [key], lock=True).get(key)
         ops = applier.pending(conn, [key]).get(key) or [o.op]
-        local = self._select_rows(conn, table.info, [key]).get(key)
         if ops[-1].op == OP_DELETE:
             # Deleted locally since: gone on both sides, nothing to decide.
             applier._drop_ops(conn, key)
@@ -626,6 +635,10 @@ class Pusher:
         for table_name, outs in by_table.items():
             table = self.routes[table_name]
             info = table.info
+            # The rows first, then their pending ops: the order the
+            # application's flush takes its locks in.
+            if conn.dialect.name != "sqlite":
+                self._select_rows(conn, info, [o.op.row_key for o in outs], lock=True)
             masks = ob.pending_masks(conn, table_name, [o.op.row_key for o in outs],
                                      [o.op.id for o in outs])
             for o in outs:
