@@ -1146,10 +1146,6 @@ def test_a_commit_during_a_pull_is_not_dropped(
             app_db.dispose()
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError, reason=(
-    "CRASH-2: re-keying an unacknowledged create onto the pulled copy hits a UNIQUE "
-    "constraint and push fails forever; "
-    "remove this mark once fixed"))
 def test_the_server_copy_of_an_unacknowledged_create(
         local: tuple[Engine, sessionmaker[Session]]) -> None:
     """Server-assigned ids: the create was applied but its answer lost; the next pull
