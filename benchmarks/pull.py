@@ -14,7 +14,8 @@ then copy the whole listing into a fresh SQLite file each:
 * ``sqla_sync``: one timed :meth:`SyncEngine.pull` of a ``Syncable`` model with a
   ``Cursor(field="updatedAt", param="updated_after")`` and ``Offset()`` paging,
   ``pull_page_size=1000`` (the library's own rows: shadow, checkpoint, outbox
-  lookups, all in the same file).
+  lookups, all in the same file; the library asks for the next page while it
+  applies one, the bare loop does not).
 
 Both must end with exactly the server's rows (id, title, body, updatedAt, version);
 anything else fails the run loudly.  The variants take turns within one run and

@@ -24,7 +24,9 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import functools
 import logging
+import threading
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from json.encoder import encode_basestring
@@ -739,6 +741,36 @@ class _Listing:
         return cls(**{k: v for k, v in data.items() if k in fields})
 
 
+class _Ahead:
+    """The request of the next page, sent on a thread of its own while the
+    current page is applied."""
+
+    def __init__(self, fetch: Callable[[], Answer]) -> None:
+        self._answer: Answer | None = None
+        self._error: Exception | None = None
+        self._thread = threading.Thread(target=self._run, args=(fetch,),
+                                        name="sqla-sync-pull-ahead", daemon=True)
+        self._thread.start()
+
+    def _run(self, fetch: Callable[[], Answer]) -> None:
+        try:
+            self._answer = fetch()
+        except Exception as exc:  # raised where the answer is taken, as without a thread
+            self._error = exc
+
+    def wait(self) -> None:
+        """Wait for the request to end, whatever it answered."""
+        self._thread.join()
+
+    def result(self) -> Answer:
+        """The answer, or the request's error raised here."""
+        self._thread.join()
+        if self._error is not None:
+            raise self._error
+        assert self._answer is not None
+        return self._answer
+
+
 class Puller:
     """Pulls the tables of one route table through one transport."""
 
@@ -878,6 +910,11 @@ class Puller:
                name: str, deletions: bool, seen: set[str] | None) -> bool:
         """Fetch and apply pages until the listing ends or ``max_pages`` is reached.
 
+        Where the next request depends on nothing a page's transaction writes
+        (no callable ``query`` or ``headers``, no ``on_complete``), it is sent
+        while the page is applied, so that the server's time and the local
+        writes overlap; its answer is used only once the page has committed.
+
         :return: True when the listing reached its end.
         """
         cursor = pull.cursor
@@ -889,74 +926,107 @@ class Puller:
         page_index = 0      # pages of one bound, for paginators without a cursor
         next_url: str | None = None
         limit = self.max_pages if seen is None else 10**6
-        for _ in range(limit):
-            ctx = PullContext(table.name, None, self.db, self.clock(),
-                              state.dump() if cursor else None, page_index)
-            params = self._query(pull, ctx)
-            url = pull.url
-            if cursor is not None and state.paging and state.nxt and isinstance(pager, NextLink):
-                url, params = str(state.nxt), {}
-            elif next_url is not None:
-                url, params = next_url, {}
-            else:
-                if cursor is not None:
-                    params.update(self._bound(cursor, state))
-                if size_param:
-                    params[size_param] = size
-                params.update(self._paging(pager, state, page_index, size, cursor))
-            answer = self._request(table, pull, url, params)
-            rows = self._rows(table, pull, answer)
-            stats["pages"] += 1
-            known = set(map(_tie, state.ties))
-            try:
-                fresh_rows, advanced = (self._dedupe(cursor, state, rows) if cursor is not None
-                                        else (rows, True))
-            except PullError as exc:  # name the table and the request
-                raise PullError(f"{table.name}: GET {answer.path}: {exc}") from None
-            try:
-                with self.db.begin() as conn:
-                    if self.fence is not None:
-                        self.fence(conn)
-                    now = self.clock()
-                    if deletions:
-                        keys = [self._deleted_key(applier, r) for r in fresh_rows]
-                        entries = {k: r for k, r in zip(keys, fresh_rows) if isinstance(r, Mapping)}
-                        written, removed, conflicts = applier.apply(
-                            conn, [], deleted_keys=keys, deleted_rows=entries, now=now)
-                    else:
-                        written, removed, conflicts = applier.apply(conn, fresh_rows, now=now)
-                    if seen is not None:
-                        for r in rows:
-                            if isinstance(r, Mapping):
-                                seen.add(applier.key_of(applier.columns(r)))
+        ahead_ok = (not callable(pull.query) and not callable(pull.headers)
+                    and pull.on_complete is None)
+        ahead: _Ahead | None = None
+        try:
+            for index in range(limit):
+                if ahead is not None:
+                    answer, ahead = ahead.result(), None
+                else:
+                    url, params = self._next_request(table, pull, state, page_index, next_url)
+                    answer = self._request(table, pull, url, params)
+                rows = self._rows(table, pull, answer)
+                stats["pages"] += 1
+                known = set(map(_tie, state.ties))
+                try:
+                    fresh_rows, advanced = (self._dedupe(cursor, state, rows)
+                                            if cursor is not None else (rows, True))
+                except PullError as exc:  # name the table and the request
+                    raise PullError(f"{table.name}: GET {answer.path}: {exc}") from None
+                try:
                     full = size_param is not None and len(rows) >= size
-                    more, next_url = self._next(pager, answer, rows, full, cursor, state, advanced,
-                                                known)
+                    more, next_url = self._next(pager, answer, rows, full, cursor, state,
+                                                advanced, known)
                     if cursor is not None:
                         next_url = None  # with a cursor, a next link lives in state.nxt
-                        if name:
+                    if more and ahead_ok and index + 1 < limit:
+                        ahead = self._send_ahead(table, pull, state, page_index + 1, next_url)
+                    with self.db.begin() as conn:
+                        if self.fence is not None:
+                            self.fence(conn)
+                        now = self.clock()
+                        if deletions:
+                            keys = [self._deleted_key(applier, r) for r in fresh_rows]
+                            entries = {k: r for k, r in zip(keys, fresh_rows)
+                                       if isinstance(r, Mapping)}
+                            written, removed, conflicts = applier.apply(
+                                conn, [], deleted_keys=keys, deleted_rows=entries, now=now)
+                        else:
+                            written, removed, conflicts = applier.apply(conn, fresh_rows,
+                                                                        now=now)
+                        if seen is not None:
+                            for r in rows:
+                                if isinstance(r, Mapping):
+                                    seen.add(applier.key_of(applier.columns(r)))
+                        if cursor is not None and name:
                             cp.set_checkpoint(conn, name, state.dump(), now)
-                    if pull.on_complete is not None:
-                        done_ctx = PullContext(table.name, conn, self.db, now,
-                                               state.dump() if cursor else None, page_index)
-                        done_ctx.response = PageResponse(answer.status, dict(answer.headers))
-                        pull.on_complete(answer.body, done_ctx)
-            except SyncError:
-                raise
-            except Exception as exc:  # a row the database refuses, a failing on_complete
-                raise PullError(
-                    f"{table.name}: a page of GET {answer.path} was not applied (nothing of it "
-                    f"was written; the next pull fetches it again): {type(exc).__name__}: {exc}"
-                ) from exc
-            stats["pulled"] += written
-            stats["deleted"] += removed
-            stats["conflicts"] += len(conflicts)
-            for conflict in conflicts:
-                self.emit("conflict", conflict=conflict)
-            page_index += 1
-            if not more:
-                return True
-        return False
+                        if pull.on_complete is not None:
+                            done_ctx = PullContext(table.name, conn, self.db, now,
+                                                   state.dump() if cursor else None, page_index)
+                            done_ctx.response = PageResponse(answer.status, dict(answer.headers))
+                            pull.on_complete(answer.body, done_ctx)
+                except SyncError:
+                    raise
+                except Exception as exc:  # a row the database refuses, a failing on_complete
+                    raise PullError(
+                        f"{table.name}: a page of GET {answer.path} was not applied (nothing of "
+                        f"it was written; the next pull fetches it again): "
+                        f"{type(exc).__name__}: {exc}"
+                    ) from exc
+                stats["pulled"] += written
+                stats["deleted"] += removed
+                stats["conflicts"] += len(conflicts)
+                for conflict in conflicts:
+                    self.emit("conflict", conflict=conflict)
+                page_index += 1
+                if not more:
+                    return True
+            return False
+        finally:
+            if ahead is not None:
+                ahead.wait()  # a page failed: its successor's request is not left running
+
+    def _send_ahead(self, table: TableRoutes, pull: Pull, state: _Listing, page_index: int,
+                    next_url: str | None) -> _Ahead | None:
+        """Send the next page's request on its own thread; None when it cannot
+        be built now (the next turn builds it again and raises what it raises,
+        after this page has committed, as without sending ahead)."""
+        try:
+            url, params = self._next_request(table, pull, state, page_index, next_url)
+        except Exception:
+            return None
+        return _Ahead(functools.partial(self._request, table, pull, url, params))
+
+    def _next_request(self, table: TableRoutes, pull: Pull, state: _Listing, page_index: int,
+                      next_url: str | None) -> tuple[str, dict[str, Any]]:
+        """URL and query parameters of the next page's request."""
+        cursor = pull.cursor
+        pager = pull.paginate
+        ctx = PullContext(table.name, None, self.db, self.clock(),
+                          state.dump() if cursor else None, page_index)
+        params = self._query(pull, ctx)
+        if cursor is not None and state.paging and state.nxt and isinstance(pager, NextLink):
+            return str(state.nxt), {}
+        if next_url is not None:
+            return next_url, {}
+        if cursor is not None:
+            params.update(self._bound(cursor, state))
+        size_param = self._page_size_param(pull)
+        if size_param:
+            params[size_param] = self.page_size
+        params.update(self._paging(pager, state, page_index, self.page_size, cursor))
+        return pull.url, params
 
     def _deleted_key(self, applier: Applier, row: Any) -> str:
         if isinstance(row, Mapping):

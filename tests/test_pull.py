@@ -424,3 +424,29 @@ def test_values_a_codec_keeps_as_they_are_decode_unchanged(type_name: str) -> No
         if codec.as_is is None or type(sample) in codec.as_is:
             decoded = codec._decode(sample)  # the decoder itself, not the shortcut
             assert decoded == sample and type(decoded) is type(sample), (type_name, sample)
+
+
+def test_the_next_page_is_asked_for_while_a_page_is_applied_never_past_the_limit(
+        engine: Engine) -> None:
+    with BackendServer() as server:
+        seed(server, [f"r{i:03}" for i in range(500)])
+        refuse = {"r150"}  # on page 2, once
+
+        def map_row(row: dict[str, Any]) -> dict[str, Any]:
+            if row["id"] in refuse:
+                refuse.clear()
+                raise ValueError("refused once")
+            return {}
+
+        with sync_engine(engine, server, routes(map_row=map_row), max_pages=3) as sync:
+            with pytest.raises(PullError, match="refused once"):
+                sync.pull()
+            assert len(local_rows(engine)) == 100  # page 1 and its checkpoint only
+            # Pages 1 and 2, and page 3, asked for while page 2 was applied; that
+            # request has ended by the time pull() raises.
+            assert len(server.store.requests()) == 3
+            second = sync.pull()
+            assert second.pages == 3 and len(server.store.requests()) == 6
+            while sync.pull().pulled:
+                pass
+        assert local_rows(engine) == server_view(server)
