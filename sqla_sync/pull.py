@@ -385,11 +385,13 @@ class Applier:
     # -- reading local state ----------------------------------------------------------
 
     def local_rows(self, conn: Connection, keys: Sequence[str],
-                   pks: Mapping[str, tuple[Any, ...]] | None = None) -> dict[str, dict[str, Any]]:
+                   pks: Mapping[str, tuple[Any, ...]] | None = None, *,
+                   lock: bool = False) -> dict[str, dict[str, Any]]:
         """The local rows of ``keys``, by key.
 
         :param pks: the primary key values of (some of) the keys, when the
             caller has them; the others are decoded from the key text.
+        :param lock: read them ``FOR UPDATE``.
         """
         info = self.info
         single = len(info.pk_keys) == 1
@@ -399,7 +401,8 @@ class Applier:
             decoded = [pks[k] if pks is not None and k in pks else info.decode_key(k)
                        for k in chunk]
             wanted = [d[0] for d in decoded] if single else decoded
-            for row in conn.execute(self._local_stmt, {"keys": wanted}):
+            stmt = self._local_stmt if not lock else self._local_stmt.with_for_update()
+            for row in conn.execute(stmt, {"keys": wanted}):
                 values = dict(zip(info.keys, row))
                 found[self._key_text(tuple([values[k] for k in info.pk_keys]))] = values
         return found
@@ -408,7 +411,9 @@ class Applier:
         """Whether the table has any pending op at all."""
         return conn.execute(self._any_pending_stmt).first() is not None
 
-    def pending(self, conn: Connection, keys: Sequence[str]) -> dict[str, list[ob.OutboxOp]]:
+    def pending(self, conn: Connection, keys: Sequence[str], *,
+                lock: bool = False) -> dict[str, list[ob.OutboxOp]]:
+        """Pending ops of ``keys`` in order, by key (``lock``: read ``FOR UPDATE``)."""
         found: dict[str, list[ob.OutboxOp]] = {}
         for start in range(0, len(keys), 500):
             stmt = select(outbox).where(
@@ -416,7 +421,7 @@ class Applier:
                 outbox.c.row_key.in_(keys[start : start + 500]),
                 outbox.c.status == STATUS_PENDING,
             ).order_by(outbox.c.id)
-            for row in conn.execute(stmt):
+            for row in conn.execute(stmt.with_for_update() if lock else stmt):
                 op = ob.OutboxOp.from_row(row)
                 found.setdefault(op.row_key, []).append(op)
         return found
@@ -534,9 +539,19 @@ class Applier:
         if not last:
             return 0, 0, []
         keys = list(last)
-        locals_ = self.local_rows(conn, keys, pks)
-        # Most pages meet no pending op: one cheap look saves reading ops and shadows.
-        pending = self.pending(conn, keys) if self._any_pending(conn) else {}
+        # Where the database has row locks, the rows and then their ops are
+        # read FOR UPDATE (the order an application flush locks them in): an
+        # application commit is then either seen by the decisions below or
+        # waits for this page's commit, never lands in between.  SQLite needs
+        # none: the page's transaction holds its write lock from the start.
+        lock = conn.dialect.name != "sqlite"
+        locals_ = self.local_rows(conn, keys, pks, lock=lock)
+        if lock:
+            pending = self.pending(conn, keys, lock=True)
+        else:
+            # Most pages meet no pending op: one cheap look saves reading
+            # ops and shadows.
+            pending = self.pending(conn, keys) if self._any_pending(conn) else {}
         # Only a key with a pending op compares with its shadow (echo or conflict).
         shadows = (shadow.get_many(conn, self.table.name, [k for k in keys if k in pending])
                    if pending else {})

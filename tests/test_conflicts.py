@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from sqlalchemy import Engine
+from sqlalchemy import Engine, event
 from sqlalchemy.orm import sessionmaker
 
 from examples.server.run import BackendServer
@@ -207,4 +208,42 @@ def test_if_match_412_on_push_goes_to_the_policy(engine: Engine, server: Backend
     world.clock.advance(60)
     world.sync.push()
     assert world.remote()[0] == expected and world.local()[0] == expected
+    world.close()
+
+
+def test_an_edit_committed_while_a_pull_settles_a_conflict_is_kept(
+        engine: Engine, server: BackendServer) -> None:
+    """Server-wins settles a conflict by dropping the row's ops and writing the
+    server's row; the user commits another edit of that row at that very moment.
+    The edit must either be part of the decision or wait for the pull's commit and
+    become a new op -- never be dropped or overwritten.  (Without row locks on
+    PostgreSQL and MariaDB, and without a real transaction on SQLite, the edit
+    landed in between and was lost.)  The pull waits up to 2 s for the edit; with
+    the locks the edit waits for the pull instead."""
+    world = World(engine, server, Conflicts(policy="server-wins"))
+    world.local_edit(title="mine")
+    world.server_edit(title="theirs")
+    pulling = threading.current_thread()
+    edits: list[threading.Thread] = []
+
+    def edit_later() -> None:
+        world.local_edit(title="mine, later")
+
+    def meanwhile(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
+        # The pull has decided to drop the op; before it writes, the user edits.
+        if (threading.current_thread() is pulling and not edits
+                and statement.startswith("DELETE FROM sqla_sync_outbox")):
+            edits.append(threading.Thread(target=edit_later))
+            edits[0].start()
+            edits[0].join(2.0)
+
+    event.listen(engine, "before_cursor_execute", meanwhile)
+    try:
+        assert world.sync.pull().conflicts == 1
+    finally:
+        event.remove(engine, "before_cursor_execute", meanwhile)
+    assert edits
+    edits[0].join(30)
+    world.sync.sync()
+    assert world.local() == world.remote() == ("mine, later", "base")
     world.close()
