@@ -14,8 +14,10 @@ from __future__ import annotations
 import os
 import select
 import signal
+import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator, MutableMapping
 from datetime import datetime, timezone
@@ -573,13 +575,18 @@ def test_admin_seed_rows_edit_delete_reset(srv: Backend, http: requests.Session)
 def test_keep_alive_nodelay_and_quiet(srv: Backend, http: requests.Session,
                                       capfd: pytest.CaptureFixture[str]) -> None:
     _post(http, srv, "posts", {"id": "p1"})
-    began = time.perf_counter()
-    for _ in range(200):
+    for _ in range(20):
         assert http.get(f"{srv.url}/api/posts/p1", timeout=5).status_code == 200
-    elapsed = time.perf_counter() - began
-    assert elapsed < 2.0, f"200 sequential requests took {elapsed:.2f}s (Nagle?)"
     remotes = {e["remote"] for e in srv.store.requests()}
     assert len(remotes) == 1, "one pooled keep-alive connection serves every request"
+    # Nagle off on the server's side of it (the speed itself is benchmarks' business).
+    # Our own server keeps its sockets; uvicorn's asyncio transport sets TCP_NODELAY.
+    httpd = getattr(srv, "_httpd", None)
+    if httpd is not None:
+        with httpd._connections_lock:
+            open_sockets = list(httpd._connections)
+        assert open_sockets and all(
+            c.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) for c in open_sockets)
     captured = capfd.readouterr()
     assert captured.err == ""
 
@@ -588,9 +595,12 @@ def test_stop_is_fast_and_closes_idle_connections(start: StartServer,
                                                   http: requests.Session) -> None:
     srv = start()
     assert http.get(f"{srv.url}/api/posts", timeout=5).status_code == 200
-    began = time.perf_counter()
-    srv.stop()
-    assert time.perf_counter() - began < 1.0
+    # stop() closes idle keep-alive connections instead of waiting for them:
+    # it returns (a hang would hold this thread until the client gives up).
+    stopper = threading.Thread(target=srv.stop)
+    stopper.start()
+    stopper.join(30)
+    assert not stopper.is_alive(), "stop() waits on an idle keep-alive connection"
     with pytest.raises(requests.ConnectionError):
         http.get(f"{srv.url}/api/posts", timeout=2)
 
