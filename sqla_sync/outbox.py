@@ -1,8 +1,9 @@
 """The read side of the outbox: pending ops in order, queue depth, oldest age.
 
 Every query here is served by an index of ``sqla_sync_outbox`` (``(status,
-id)`` for order, count and age; ``(table_name, row_key, lane)`` for the ops of
-one row), so they stay cheap with a million pending ops.
+id)`` for order and age; ``(table_name, row_key, lane)`` for the ops of one
+row) or by the trigger-kept ``sqla_sync_counters`` (queue depth on PostgreSQL
+and MySQL/MariaDB), so they stay cheap with a million pending ops.
 """
 
 from __future__ import annotations
@@ -12,11 +13,11 @@ import uuid
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
-from sqlalchemy import bindparam, delete, func, select, update
+from sqlalchemy import bindparam, delete, func, or_, select, update
 from sqlalchemy.engine import Connection, Row
 
 from .codec import dumps, loads
-from .tables import STATUS_DEAD, STATUS_PENDING, outbox
+from .tables import STATUS_DEAD, STATUS_PENDING, counters, outbox
 
 __all__ = [
     "DeadLetter",
@@ -117,8 +118,25 @@ def ops_for_row(conn: Connection, table_name: str, row_key: str) -> Sequence[Out
 
 
 def queue_depth(conn: Connection) -> int:
-    """How many ops wait to be pushed (claimed ones included, dead letters not)."""
-    stmt = select(func.count()).select_from(outbox).where(outbox.c.status == STATUS_PENDING)
+    """How many ops wait to be pushed (claimed ones included, dead letters not).
+
+    Exact, and cheap with a million pending ops: on PostgreSQL and
+    MySQL/MariaDB the sum of the trigger-kept ``sqla_sync_counters`` rows (one
+    per connection that ever changed the outbox); on SQLite every op minus
+    those not pending, because SQLite counts a whole index without reading
+    its entries, and the ops not pending are few.
+    """
+    if conn.dialect.name == "sqlite":
+        total = select(func.count()).select_from(outbox).scalar_subquery()
+        others = (
+            select(func.count())
+            .select_from(outbox)
+            .where(or_(outbox.c.status < STATUS_PENDING, outbox.c.status > STATUS_PENDING))
+            .scalar_subquery()
+        )
+        stmt = select(total - others)
+    else:
+        stmt = select(func.coalesce(func.sum(counters.c.pending), 0))
     return int(conn.execute(stmt).scalar_one())
 
 
