@@ -77,7 +77,7 @@ def test_upgrade_then_downgrade(engine: Engine, tmp_path: Path) -> None:
         diffs = compare_metadata(context, metadata)
     assert diffs == []
     # The migrated outbox keeps its queue depth like a created one (triggers
-    # on PostgreSQL and MariaDB).
+    # on MariaDB).
     with engine.begin() as conn:
         write_ops(conn, [("posts", f'["p{i}"]', "insert", 1, None, 1.0, 1.0) for i in range(3)])
         conn.execute(delete(outbox).where(outbox.c.row_key == '["p0"]'))

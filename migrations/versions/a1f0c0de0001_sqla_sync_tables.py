@@ -26,49 +26,9 @@ def _add(delta: str) -> str:
             "ON DUPLICATE KEY UPDATE pending = pending + VALUES(pending)")
 
 
-_PG_FUNCTION = """CREATE OR REPLACE FUNCTION sqla_sync_count_pending() RETURNS trigger
-LANGUAGE plpgsql AS $$
-DECLARE d bigint;
-BEGIN
-  IF TG_OP = 'TRUNCATE' THEN
-    DELETE FROM sqla_sync_counters;
-    RETURN NULL;
-  ELSIF TG_OP = 'INSERT' THEN
-    d := 1;
-  ELSIF TG_OP = 'DELETE' THEN
-    d := -1;
-  ELSE
-    d := (NEW.status = 'pending')::int - (OLD.status = 'pending')::int;
-  END IF;
-  INSERT INTO sqla_sync_counters AS c (slot, pending) VALUES (pg_backend_pid(), d)
-    ON CONFLICT (slot) DO UPDATE SET pending = c.pending + EXCLUDED.pending;
-  RETURN NULL;
-END $$"""
-
-
 def _counting(dialect: str) -> tuple[list[str], list[str]]:
     """Triggers that keep sqla_sync_counters in step with the pending ops (as
-    ``sqla_sync.tables.counting_ddl`` at this revision); none on SQLite."""
-    if dialect == "postgresql":
-        fn = "sqla_sync_count_pending()"
-        return [
-            _PG_FUNCTION,
-            "CREATE TRIGGER sqla_sync_outbox_insert AFTER INSERT ON sqla_sync_outbox "
-            f"FOR EACH ROW WHEN (NEW.status = 'pending') EXECUTE FUNCTION {fn}",
-            "CREATE TRIGGER sqla_sync_outbox_delete AFTER DELETE ON sqla_sync_outbox "
-            f"FOR EACH ROW WHEN (OLD.status = 'pending') EXECUTE FUNCTION {fn}",
-            "CREATE TRIGGER sqla_sync_outbox_status AFTER UPDATE OF status ON sqla_sync_outbox "
-            "FOR EACH ROW WHEN (OLD.status IS DISTINCT FROM NEW.status) "
-            f"EXECUTE FUNCTION {fn}",
-            "CREATE TRIGGER sqla_sync_outbox_truncate AFTER TRUNCATE ON sqla_sync_outbox "
-            f"FOR EACH STATEMENT EXECUTE FUNCTION {fn}",
-        ], [
-            "DROP TRIGGER IF EXISTS sqla_sync_outbox_truncate ON sqla_sync_outbox",
-            "DROP TRIGGER IF EXISTS sqla_sync_outbox_status ON sqla_sync_outbox",
-            "DROP TRIGGER IF EXISTS sqla_sync_outbox_delete ON sqla_sync_outbox",
-            "DROP TRIGGER IF EXISTS sqla_sync_outbox_insert ON sqla_sync_outbox",
-            f"DROP FUNCTION IF EXISTS {fn}",
-        ]
+    ``sqla_sync.tables.counting_ddl`` at this revision); only on MySQL/MariaDB."""
     if dialect in ("mysql", "mariadb"):
         status_delta = "(NEW.status = 'pending') - (OLD.status = 'pending')"
         return [
