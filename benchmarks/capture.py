@@ -31,7 +31,8 @@ of statements to a flush of 1, 10 or 1000 rows; ``--profile SCENARIO`` splits
 the tracked variant's time (the capture listener against the whole) and
 prints cProfile tables of the run and of the listener alone.
 
-Run: ``python benchmarks/capture.py [--quick | --count-statements | --profile insert-1tx]``
+Run: ``python benchmarks/capture.py [--quick | --count-statements | --profile insert-1tx]``;
+``--scenario update-pending --reps 7`` runs one scenario with more repetitions.
 """
 
 from __future__ import annotations
