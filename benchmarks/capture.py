@@ -31,7 +31,8 @@ of statements to a flush of 1, 10 or 1000 rows; ``--profile SCENARIO`` splits
 the tracked variant's time (the capture listener against the whole) and
 prints cProfile tables of the run and of the listener alone.
 
-Run: ``python benchmarks/capture.py [--quick | --count-statements | --profile insert-1tx]``
+Run: ``python benchmarks/capture.py [--quick | --count-statements | --profile insert-1tx]``;
+``--scenario update-pending --reps 7`` runs one scenario with more repetitions.
 """
 
 from __future__ import annotations
@@ -330,12 +331,17 @@ def time_repetition(
     return totals
 
 
-def benchmark(quick: bool, clock_name: str = "wall") -> bool:
-    scale, reps = (10, 3) if quick else (1, 5)
+def benchmark(
+    quick: bool, clock_name: str = "wall", only: Sequence[str] | None = None, reps: int = 5
+) -> bool:
+    scale = 10 if quick else 1
+    reps = 3 if quick else reps
     passed = True
     with tempfile.TemporaryDirectory(prefix="sqla_sync_bench_") as tmp:
         directory = Path(tmp)
         for spec in SCENARIOS:
+            if only and spec.name not in only:
+                continue
             times: dict[str, list[float]] = {v: [] for v in VARIANTS}
             for rep in range(reps):
                 # Take turns, and rotate who goes first, so drift hits all alike.
@@ -545,6 +551,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--clock", choices=sorted(CLOCKS), default="wall", help="wall time or process CPU time"
     )
+    parser.add_argument(
+        "--scenario",
+        action="append",
+        choices=[s.name for s in SCENARIOS],
+        help="run only this scenario (repeatable; default: all four)",
+    )
+    parser.add_argument("--reps", type=int, default=5, help="repetitions (median reported)")
     parser.add_argument("--variant", choices=VARIANTS, default="tracked", help="with --profile")
     parser.add_argument("--top", type=int, default=25, help="with --profile: rows to print")
     parser.add_argument(
@@ -558,7 +571,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     if args.count_statements:
         return 0 if count_statements() else 1
-    return 0 if benchmark(args.quick, args.clock) else 1
+    return 0 if benchmark(args.quick, args.clock, args.scenario, args.reps) else 1
 
 
 if __name__ == "__main__":

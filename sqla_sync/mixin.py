@@ -74,7 +74,8 @@ class ModelInfo:
             )
         self.mapper = mapper
         self.table = table
-        self.table_name: str = table.name
+        # A plain str: drivers adapt str subclasses (quoted_name) slowly, per parameter.
+        self.table_name: str = str(table.name)
         keys: list[str] = []
         columns: dict[str, Column[Any]] = {}
         # Mapper.columns is keyed by attribute name and, unlike column_attrs,

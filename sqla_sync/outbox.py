@@ -1,8 +1,10 @@
 """The read side of the outbox: pending ops in order, queue depth, oldest age.
 
 Every query here is served by an index of ``sqla_sync_outbox`` (``(status,
-id)`` for order, count and age; ``(table_name, row_key, lane)`` for the ops of
-one row), so they stay cheap with a million pending ops.
+id)`` for order and age; ``(table_name, row_key, lane)`` for the ops of one
+row) or by the trigger-kept ``sqla_sync_counters`` (queue depth on
+MySQL/MariaDB), so they stay cheap with a million pending ops (but for the
+queue depth on PostgreSQL: see :func:`queue_depth`).
 """
 
 from __future__ import annotations
@@ -12,11 +14,11 @@ import uuid
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
-from sqlalchemy import bindparam, delete, func, select, update
+from sqlalchemy import bindparam, delete, func, or_, select, update
 from sqlalchemy.engine import Connection, Row
 
 from .codec import dumps, loads
-from .tables import STATUS_DEAD, STATUS_PENDING, outbox
+from .tables import STATUS_DEAD, STATUS_PENDING, counters, outbox
 
 __all__ = [
     "DeadLetter",
@@ -118,8 +120,28 @@ def ops_for_row(conn: Connection, table_name: str, row_key: str) -> Sequence[Out
 
 
 def queue_depth(conn: Connection) -> int:
-    """How many ops wait to be pushed (claimed ones included, dead letters not)."""
-    stmt = select(func.count()).select_from(outbox).where(outbox.c.status == STATUS_PENDING)
+    """How many ops wait to be pushed (claimed ones included, dead letters not).
+
+    Exact.  On MySQL/MariaDB the sum of the trigger-kept
+    ``sqla_sync_counters`` rows (one per connection that ever changed the
+    outbox); on SQLite every op minus those not pending, because SQLite
+    counts a whole index without reading its entries, and the ops not pending
+    are few; on PostgreSQL a count over the ``(status, id)`` index, which
+    grows with the queue (80 ms and more with a million pending ops).
+    """
+    if conn.dialect.name == "sqlite":
+        total = select(func.count()).select_from(outbox).scalar_subquery()
+        others = (
+            select(func.count())
+            .select_from(outbox)
+            .where(or_(outbox.c.status < STATUS_PENDING, outbox.c.status > STATUS_PENDING))
+            .scalar_subquery()
+        )
+        stmt = select(total - others)
+    elif conn.dialect.name in ("mysql", "mariadb"):
+        stmt = select(func.coalesce(func.sum(counters.c.pending), 0))
+    else:
+        stmt = select(func.count()).select_from(outbox).where(outbox.c.status == STATUS_PENDING)
     return int(conn.execute(stmt).scalar_one())
 
 

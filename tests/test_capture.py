@@ -17,7 +17,7 @@ from sqla_sync import (
     untrack,
 )
 from sqla_sync.mixin import model_info
-from sqla_sync.outbox import OutboxOp, pending_ops
+from sqla_sync.outbox import OutboxOp, bury, claim, complete, pending_ops, queue_depth, revive
 from sqla_sync.tables import outbox
 from tests.conftest import FakeClock, StatementCounter
 from tests.models import Comment, Local, Post, Tenanted
@@ -354,3 +354,53 @@ def test_capture_adds_constant_statements_per_flush(engine: Engine, Sess: sessio
     # One upsert for the inserts, one for the updates, however many rows.
     assert len(outbox_statements) == 2
     assert inserts <= (rows if engine.dialect.name == "mysql" else 1) + 2
+
+
+# -- queue depth -------------------------------------------------------------
+
+
+def _count_pending(engine: Engine) -> int:
+    with engine.connect() as conn:
+        return len(pending_ops(conn))
+
+
+def test_queue_depth_stays_exact(engine: Engine, Sess: sessionmaker[Session]) -> None:
+    def depth() -> int:
+        with engine.connect() as conn:
+            return queue_depth(conn)
+
+    with Sess() as s:
+        s.add_all([Post(id=f"p{i}", title="t") for i in range(6)])
+        s.commit()
+        assert depth() == _count_pending(engine) == 6
+        for post in s.query(Post).all():  # folds into the pending inserts
+            post.title = "changed"
+        s.delete(s.get(Post, "p5"))  # cancels its pending insert
+        s.commit()
+    assert depth() == _count_pending(engine) == 5
+    first, second, third = (op.id for op in ops(engine)[:3])
+    with engine.begin() as conn:
+        bury(conn, [{"op_id": first, "attempts": 5, "last_error": "gone"}])
+        complete(conn, [second])
+        claim(conn, [op for op in ops(engine) if op.id == third], 1.0)  # still pending
+    assert depth() == _count_pending(engine) == 3
+    with engine.begin() as conn:
+        assert revive(conn, first)
+    assert depth() == _count_pending(engine) == 4
+
+    # Two sessions at once (one after the other on SQLite, which has one
+    # writer), one rolled back: the count follows the commits.
+    with Sess() as a, Sess() as b:
+        if engine.dialect.name != "sqlite":
+            a.add(Post(id="a1", title="t"))
+            a.flush()
+        b.add(Post(id="b1", title="t"))
+        b.flush()
+        b.rollback()
+        if engine.dialect.name == "sqlite":
+            a.add(Post(id="a1", title="t"))
+        a.commit()
+    assert depth() == _count_pending(engine) == 5
+    with engine.begin() as conn:
+        conn.execute(delete(outbox))
+        assert queue_depth(conn) == 0

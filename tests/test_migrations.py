@@ -8,13 +8,16 @@ from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.config import Config
 from alembic.migration import MigrationContext
-from sqlalchemy import Engine, inspect
+from sqlalchemy import Engine, delete, inspect
 
-from sqla_sync.tables import metadata
+from sqla_sync.capture import write_ops
+from sqla_sync.outbox import queue_depth
+from sqla_sync.tables import metadata, outbox
 from tests.conftest import reset_schema
 from tests.models import Base
 
-SYNC_TABLES = {"sqla_sync_outbox", "sqla_sync_checkpoints", "sqla_sync_rows", "sqla_sync_leases"}
+SYNC_TABLES = {"sqla_sync_outbox", "sqla_sync_counters", "sqla_sync_checkpoints",
+               "sqla_sync_rows", "sqla_sync_leases"}
 
 APP_ENV = '''
 from alembic import context
@@ -73,6 +76,12 @@ def test_upgrade_then_downgrade(engine: Engine, tmp_path: Path) -> None:
         )
         diffs = compare_metadata(context, metadata)
     assert diffs == []
+    # The migrated outbox keeps its queue depth like a created one (triggers
+    # on MariaDB).
+    with engine.begin() as conn:
+        write_ops(conn, [("posts", f'["p{i}"]', "insert", 1, None, 1.0, 1.0) for i in range(3)])
+        conn.execute(delete(outbox).where(outbox.c.row_key == '["p0"]'))
+        assert queue_depth(conn) == 2
 
     with engine.begin() as conn:
         cfg.attributes["connection"] = conn

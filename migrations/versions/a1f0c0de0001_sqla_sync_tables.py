@@ -1,4 +1,4 @@
-"""sqla_sync tables: outbox, checkpoints, rows (shadow), leases
+"""sqla_sync tables: outbox, counters, checkpoints, rows (shadow), leases
 
 Revision ID: a1f0c0de0001
 Revises:
@@ -18,6 +18,33 @@ branch_labels: str | Sequence[str] | None = ("sqla_sync",)
 depends_on: str | Sequence[str] | None = None
 
 _BigId = sa.BigInteger().with_variant(sa.Integer(), "sqlite")
+
+
+def _add(delta: str) -> str:
+    return ("INSERT INTO sqla_sync_counters (slot, pending) "  # noqa: S608 - no input
+            f"VALUES (CONNECTION_ID(), {delta}) "
+            "ON DUPLICATE KEY UPDATE pending = pending + VALUES(pending)")
+
+
+def _counting(dialect: str) -> tuple[list[str], list[str]]:
+    """Triggers that keep sqla_sync_counters in step with the pending ops (as
+    ``sqla_sync.tables.counting_ddl`` at this revision); only on MySQL/MariaDB."""
+    if dialect in ("mysql", "mariadb"):
+        status_delta = "(NEW.status = 'pending') - (OLD.status = 'pending')"
+        return [
+            "CREATE TRIGGER sqla_sync_outbox_insert AFTER INSERT ON sqla_sync_outbox "
+            f"FOR EACH ROW IF NEW.status = 'pending' THEN {_add('1')}; END IF",
+            "CREATE TRIGGER sqla_sync_outbox_delete AFTER DELETE ON sqla_sync_outbox "
+            f"FOR EACH ROW IF OLD.status = 'pending' THEN {_add('-1')}; END IF",
+            "CREATE TRIGGER sqla_sync_outbox_status AFTER UPDATE ON sqla_sync_outbox "
+            "FOR EACH ROW IF NOT (OLD.status <=> NEW.status) THEN "
+            f"{_add(status_delta)}; END IF",
+        ], [
+            "DROP TRIGGER IF EXISTS sqla_sync_outbox_status",
+            "DROP TRIGGER IF EXISTS sqla_sync_outbox_delete",
+            "DROP TRIGGER IF EXISTS sqla_sync_outbox_insert",
+        ]
+    return [], []
 
 
 def upgrade() -> None:
@@ -48,6 +75,15 @@ def upgrade() -> None:
         unique=True,
     )
     op.create_index("ix_sqla_sync_outbox_status_id", "sqla_sync_outbox", ["status", "id"])
+    op.create_table(
+        "sqla_sync_counters",
+        sa.Column("slot", sa.BigInteger(), autoincrement=False, nullable=False),
+        sa.Column("pending", sa.BigInteger(), nullable=False),
+        sa.PrimaryKeyConstraint("slot", name="pk_sqla_sync_counters"),
+    )
+    create, _ = _counting(op.get_bind().dialect.name)
+    for statement in create:
+        op.execute(statement)
     op.create_table(
         "sqla_sync_checkpoints",
         sa.Column("name", sa.String(255), nullable=False),
@@ -83,6 +119,10 @@ def downgrade() -> None:
     op.drop_index("ix_sqla_sync_rows_table_name_server_key", table_name="sqla_sync_rows")
     op.drop_table("sqla_sync_rows")
     op.drop_table("sqla_sync_checkpoints")
+    _, drop = _counting(op.get_bind().dialect.name)
+    for statement in drop:
+        op.execute(statement)
+    op.drop_table("sqla_sync_counters")
     op.drop_index("ix_sqla_sync_outbox_status_id", table_name="sqla_sync_outbox")
     op.drop_index("ix_sqla_sync_outbox_table_name_row_key_lane", table_name="sqla_sync_outbox")
     op.drop_table("sqla_sync_outbox")
