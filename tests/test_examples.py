@@ -22,7 +22,8 @@ from examples.server.run import BackendServer
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLES = ROOT / "examples"
 ALEMBIC = Path(sys.executable).with_name("alembic")
-SYNC_TABLES = {"sqla_sync_outbox", "sqla_sync_checkpoints", "sqla_sync_rows", "sqla_sync_leases"}
+SYNC_TABLES = {"sqla_sync_outbox", "sqla_sync_counters", "sqla_sync_checkpoints",
+               "sqla_sync_rows", "sqla_sync_leases"}
 
 
 def run(*args: str | Path, env: dict[str, str] | None = None,
