@@ -79,6 +79,7 @@ from sqlalchemy.orm import (
 )
 
 from sqla_sync import Syncable, create_tables, track
+from sqla_sync.tables import metadata as sync_metadata
 from sqla_sync.tables import outbox
 
 GOAL_RATIO = 1.30
@@ -191,6 +192,22 @@ def sqlite_file(directory: Path, name: str) -> Iterator[Engine]:
     finally:
         engine.dispose()
         path.unlink(missing_ok=True)
+
+
+@contextmanager
+def server_database(url: str) -> Iterator[Engine]:
+    """The database at ``url`` with every table freshly created, dropped afterwards."""
+    engine = create_engine(url)
+    for meta in (Base.metadata, sync_metadata):
+        meta.drop_all(engine)  # leftovers of an interrupted run
+    Base.metadata.create_all(engine)
+    create_tables(engine)
+    try:
+        yield engine
+    finally:
+        for meta in (Base.metadata, sync_metadata):
+            meta.drop_all(engine)
+        engine.dispose()
 
 
 def make_sessionmaker(engine: Engine, variant: str) -> sessionmaker[Session]:
@@ -311,16 +328,21 @@ CLOCKS: dict[str, Callable[[], float]] = {"wall": time.perf_counter, "cpu": time
 
 
 def time_repetition(
-    directory: Path, spec: Spec, order: Sequence[str], n: int, clock: Callable[[], float]
+    directory: Path, spec: Spec, order: Sequence[str], n: int, clock: Callable[[], float],
+    url: str | None = None,
 ) -> dict[str, float]:
-    """Seconds per variant for one repetition, each on a fresh database file."""
+    """Seconds per variant for one repetition, each on a fresh database file
+    (with ``url``: on freshly created tables of that server, shared by the
+    variants that take turns; each variant writes tables of its own)."""
     totals = dict.fromkeys(order, 0.0)
     groups = [tuple(order)] if spec.interleave else [(variant,) for variant in order]
     for group in groups:
         with ExitStack() as stack:
             steps = {}
+            shared = stack.enter_context(server_database(url)) if url else None
             for variant in group:
-                engine = stack.enter_context(sqlite_file(directory, f"{spec.name}-{variant}"))
+                engine = shared or stack.enter_context(
+                    sqlite_file(directory, f"{spec.name}-{variant}"))
                 steps[variant] = spec.scenario(make_sessionmaker(engine, variant), variant, n)
             gc.collect()
             for i in range(len(steps[group[0]])):
@@ -332,7 +354,8 @@ def time_repetition(
 
 
 def benchmark(
-    quick: bool, clock_name: str = "wall", only: Sequence[str] | None = None, reps: int = 5
+    quick: bool, clock_name: str = "wall", only: Sequence[str] | None = None, reps: int = 5,
+    url: str | None = None,
 ) -> bool:
     scale = 10 if quick else 1
     reps = 3 if quick else reps
@@ -347,7 +370,7 @@ def benchmark(
                 # Take turns, and rotate who goes first, so drift hits all alike.
                 order = VARIANTS[rep % 3 :] + VARIANTS[: rep % 3]
                 for variant, seconds in time_repetition(
-                    directory, spec, order, spec.rows // scale, CLOCKS[clock_name]
+                    directory, spec, order, spec.rows // scale, CLOCKS[clock_name], url
                 ).items():
                     times[variant].append(seconds)
             med = {v: statistics.median(ts) for v, ts in times.items()}
@@ -558,6 +581,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="run only this scenario (repeatable; default: all four)",
     )
     parser.add_argument("--reps", type=int, default=5, help="repetitions (median reported)")
+    parser.add_argument(
+        "--url",
+        help="run on this database server instead of SQLite files; give it a database of "
+        "its own: the benchmark's tables are dropped and created there, e.g. "
+        "postgresql+psycopg://postgres@127.0.0.1:5432/bench",
+    )
     parser.add_argument("--variant", choices=VARIANTS, default="tracked", help="with --profile")
     parser.add_argument("--top", type=int, default=25, help="with --profile: rows to print")
     parser.add_argument(
@@ -571,7 +600,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     if args.count_statements:
         return 0 if count_statements() else 1
-    return 0 if benchmark(args.quick, args.clock, args.scenario, args.reps) else 1
+    return 0 if benchmark(args.quick, args.clock, args.scenario, args.reps, args.url) else 1
 
 
 if __name__ == "__main__":

@@ -3,7 +3,8 @@
 :func:`track` installs, on the one Session, sessionmaker or Session class it
 is given, an ``after_flush`` listener that turns the flushed inserts, updates
 and deletes of :class:`~sqla_sync.Syncable` models into outbox ops, written
-with one Core executemany on the session's own connection.  Because the ops
+with one Core executemany (on PostgreSQL one statement over arrays) on the
+session's own connection.  Because the ops
 are written inside the flush, a rollback (or a rolled-back savepoint) takes
 them away with the rows they describe, and a commit always keeps them.
 
@@ -28,7 +29,20 @@ from functools import lru_cache
 from json.encoder import encode_basestring
 from typing import Any
 
-from sqlalchemy import and_, bindparam, case, event, literal_column, select
+from sqlalchemy import (
+    BigInteger,
+    Double,
+    String,
+    Text,
+    and_,
+    bindparam,
+    case,
+    event,
+    func,
+    literal_column,
+    select,
+    tuple_,
+)
 from sqlalchemy import types as sqltypes
 from sqlalchemy.dialects import mysql, postgresql, sqlite
 from sqlalchemy.engine import Connection
@@ -92,20 +106,22 @@ def fold(pending: str, new: str) -> str:
 # -- writing ops -------------------------------------------------------------
 
 
-@lru_cache(maxsize=8)
-def _upsert(dialect_name: str) -> Any:
-    c = outbox.c
+def _insert(dialect_name: str) -> Any:
     if dialect_name == "sqlite":
-        ins: Any = sqlite.insert(outbox)
-    elif dialect_name == "postgresql":
-        ins = postgresql.insert(outbox)
-    elif dialect_name in ("mysql", "mariadb"):
-        ins = mysql.insert(outbox)
-    else:
-        raise UnsupportedDialectError(
-            f"sqla_sync cannot keep an outbox on {dialect_name!r}; "
-            "use SQLite, PostgreSQL or MySQL/MariaDB"
-        )
+        return sqlite.insert(outbox)
+    if dialect_name == "postgresql":
+        return postgresql.insert(outbox)
+    if dialect_name in ("mysql", "mariadb"):
+        return mysql.insert(outbox)
+    raise UnsupportedDialectError(
+        f"sqla_sync cannot keep an outbox on {dialect_name!r}; "
+        "use SQLite, PostgreSQL or MySQL/MariaDB"
+    )
+
+
+def _on_conflict(ins: Any, dialect_name: str) -> Any:
+    """``ins`` with the compaction of :data:`_FOLD` as its conflict clause."""
+    c = outbox.c
     new = ins.inserted if dialect_name in ("mysql", "mariadb") else ins.excluded
     # Constants are rendered inline: PyMySQL's executemany rewrites the
     # statement and cannot take bound parameters after VALUES.
@@ -133,6 +149,45 @@ def _upsert(dialect_name: str) -> Any:
     )
 
 
+#: The outbox columns an upsert sets, in the order of :func:`write_ops`' tuples.
+OP_COLUMNS = ("table_name", "row_key", "op", "changed", "state", "changed_at", "created_at")
+
+
+@lru_cache(maxsize=8)
+def _upsert(dialect_name: str) -> Any:
+    return _on_conflict(_insert(dialect_name), dialect_name)
+
+
+#: The element types of the arrays :data:`_pg_upsert` unnests, in
+#: :data:`OP_COLUMNS` order.
+_PG_ARRAYS = (String, String, String, BigInteger, Text, Double, Double)
+
+
+def _pg_upsert_statement() -> Any:
+    """PostgreSQL: the whole batch as one statement, ``INSERT .. SELECT FROM
+    unnest(arrays) WITH ORDINALITY ORDER BY ordinality``, so that the
+    outbox's statement triggers (which keep the queue depth) run once per
+    flush, and the rows get their ids in the batch's order."""
+    rows = func.unnest(
+        *(bindparam(f"a{i}", type_=postgresql.ARRAY(t)) for i, t in enumerate(_PG_ARRAYS))
+    ).table_valued(*OP_COLUMNS, with_ordinality="n").render_derived()
+    source = select(*(rows.c[name] for name in OP_COLUMNS)).order_by(rows.c.n)
+    return _on_conflict(postgresql.insert(outbox).from_select(OP_COLUMNS, source), "postgresql")
+
+
+_pg_upsert = _pg_upsert_statement()
+
+#: PostgreSQL: the cleanup of :data:`_cleanup` as one statement over key arrays.
+_pg_keys = func.unnest(
+    bindparam("t", type_=postgresql.ARRAY(String)), bindparam("k", type_=postgresql.ARRAY(String))
+).table_valued("t", "k").render_derived()
+_pg_cleanup = outbox.delete().where(
+    tuple_(outbox.c.table_name, outbox.c.row_key).in_(select(_pg_keys.c.t, _pg_keys.c.k)),
+    outbox.c.lane == 0,
+    outbox.c.op == _NONE,
+)
+
+
 _cleanup = outbox.delete().where(
     outbox.c.table_name == bindparam("t"),
     outbox.c.row_key == bindparam("k"),
@@ -140,8 +195,6 @@ _cleanup = outbox.delete().where(
     outbox.c.op == _NONE,
 )
 
-#: The outbox columns an upsert sets, in the order of :func:`write_ops`' tuples.
-OP_COLUMNS = ("table_name", "row_key", "op", "changed", "state", "changed_at", "created_at")
 
 
 @lru_cache(maxsize=8)
@@ -160,10 +213,19 @@ def write_ops(connection: Connection, rows: Sequence[tuple[Any, ...]]) -> None:
 
     One upsert executemany, sent as the driver's own SQL so that no per-row
     parameter processing runs, plus one cleanup executemany when a delete may
-    have cancelled a pending insert.  Runs on the caller's connection, so the
-    ops belong to the caller's transaction.
+    have cancelled a pending insert; on PostgreSQL each of the two is one
+    statement over arrays instead (see :func:`_pg_upsert_statement`).  Runs on
+    the caller's connection, so the ops belong to the caller's transaction.
     """
     if not rows:
+        return
+    if connection.dialect.name == "postgresql":
+        arrays = {f"a{i}": list(column) for i, column in enumerate(zip(*rows))}
+        connection.execute(_pg_upsert, arrays)
+        deleted = [(r[0], r[1]) for r in rows if r[2] == OP_DELETE]
+        if deleted:
+            tables, keys = zip(*deleted)
+            connection.execute(_pg_cleanup, {"t": list(tables), "k": list(keys)})
         return
     sql, positions = _driver_upsert(connection.dialect)
     if positions is None:

@@ -295,11 +295,22 @@ class SyncEngine:
                             "a push; this engine stops syncing until it leads again")
         self._auth_required = result.auth_required
         self._retry_at = self._pusher.retry_at
+        if result.pushed and self.db.dialect.name != "sqlite":
+            self._fold_counters()
         self._metrics.add(pushed=result.pushed, retries=result.failed,
                           dead_letters=result.dead_lettered)
         ok = [t for t, c in result.tables.items() if not (c.failed or c.dead_lettered)]
         self._metrics.success(ok, self.clock())
         return result
+
+    def _fold_counters(self) -> None:
+        # The queue depth sums one counter row per database session that wrote
+        # the outbox; fold past sessions' rows so the sum stays a handful.
+        try:
+            with self.db.begin() as conn:
+                ob.fold_counters(conn)
+        except Exception as exc:  # only a cost, never a loss: try again next push
+            log.warning("queue-depth counters could not be folded: %s", exc)
 
     def _do_pull(self, names: Iterable[str] | None = None) -> PullResult:
         result = self._puller.pull(names)

@@ -17,8 +17,18 @@ from sqla_sync import (
     untrack,
 )
 from sqla_sync.mixin import model_info
-from sqla_sync.outbox import OutboxOp, bury, claim, complete, pending_ops, queue_depth, revive
-from sqla_sync.tables import outbox
+from sqla_sync.capture import write_ops
+from sqla_sync.outbox import (
+    OutboxOp,
+    bury,
+    claim,
+    complete,
+    fold_counters,
+    pending_ops,
+    queue_depth,
+    revive,
+)
+from sqla_sync.tables import counters, outbox
 from tests.conftest import FakeClock, StatementCounter
 from tests.models import Comment, Local, Post, Tenanted
 
@@ -404,3 +414,48 @@ def test_queue_depth_stays_exact(engine: Engine, Sess: sessionmaker[Session]) ->
     with engine.begin() as conn:
         conn.execute(delete(outbox))
         assert queue_depth(conn) == 0
+
+
+def _counter_rows(engine: Engine) -> int:
+    with engine.connect() as conn:
+        return len(conn.execute(select(counters)).all())
+
+
+def _insert_ops(conn: Any, *keys: str) -> None:
+    write_ops(conn, [("posts", f'["{k}"]', "insert", 1, None, 1.0, 1.0) for k in keys])
+
+
+def test_folding_the_counters_keeps_the_depth_and_skips_writers_in_flight(
+        engine: Engine) -> None:
+    server = engine.dialect.name != "sqlite"
+    # Three database sessions write ops: on a server, one counter row each.
+    sessions = [engine.connect() for _ in range(3)]
+    try:
+        for i, conn in enumerate(sessions):
+            with conn.begin():
+                _insert_ops(conn, f"a{i}", f"b{i}")
+        assert _counter_rows(engine) == (3 if server else 0)
+        busy = sessions[0]
+        with busy.begin():
+            _insert_ops(busy, "c0")  # holds its counter row until it commits
+            with engine.begin() as conn:
+                if engine.dialect.name == "postgresql":
+                    conn.exec_driver_sql("SET LOCAL lock_timeout = '10s'")
+                elif server:
+                    conn.exec_driver_sql("SET SESSION innodb_lock_wait_timeout = 10")
+                # Not blocked by the writer in flight: its row is left for later.
+                assert fold_counters(conn) == (2 if server else 0)
+                assert queue_depth(conn) == 6
+        with engine.connect() as conn:
+            assert queue_depth(conn) == len(pending_ops(conn)) == 7
+            conn.commit()
+        with engine.begin() as conn:
+            assert fold_counters(conn) == (1 if server else 0)
+        assert _counter_rows(engine) == (1 if server else 0)
+        with sessions[1].begin():
+            complete(sessions[1], [op.id for op in ops(engine)[:3]])
+        with engine.connect() as conn:
+            assert queue_depth(conn) == len(pending_ops(conn)) == 4
+    finally:
+        for conn in sessions:
+            conn.close()

@@ -8,7 +8,7 @@ from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.config import Config
 from alembic.migration import MigrationContext
-from sqlalchemy import Engine, delete, inspect
+from sqlalchemy import Engine, delete, inspect, text
 
 from sqla_sync.capture import write_ops
 from sqla_sync.outbox import queue_depth
@@ -58,10 +58,17 @@ def app_alembic(tmp_path: Path) -> Config:
     return Config(str(ini))
 
 
-def test_upgrade_then_downgrade(engine: Engine, tmp_path: Path) -> None:
+def clean(engine: Engine) -> None:
+    """No sync, application or alembic table left, even by an interrupted run."""
     with engine.begin() as conn:
         metadata.drop_all(conn)
         Base.metadata.drop_all(conn)
+        conn.execute(text("DROP TABLE IF EXISTS app_things"))
+        conn.execute(text("DROP TABLE IF EXISTS alembic_version"))
+
+
+def test_upgrade_then_downgrade(engine: Engine, tmp_path: Path) -> None:
+    clean(engine)
     cfg = app_alembic(tmp_path)
     with engine.begin() as conn:
         cfg.attributes["connection"] = conn
@@ -77,7 +84,7 @@ def test_upgrade_then_downgrade(engine: Engine, tmp_path: Path) -> None:
         diffs = compare_metadata(context, metadata)
     assert diffs == []
     # The migrated outbox keeps its queue depth like a created one (triggers
-    # on MariaDB).
+    # on PostgreSQL and MariaDB).
     with engine.begin() as conn:
         write_ops(conn, [("posts", f'["p{i}"]', "insert", 1, None, 1.0, 1.0) for i in range(3)])
         conn.execute(delete(outbox).where(outbox.c.row_key == '["p0"]'))
@@ -94,3 +101,31 @@ def test_upgrade_then_downgrade(engine: Engine, tmp_path: Path) -> None:
         cfg.attributes["connection"] = conn
         command.downgrade(cfg, "app@base")
     reset_schema(engine, Base.metadata)
+
+
+def test_upgrade_counts_the_ops_already_pending(engine: Engine, tmp_path: Path) -> None:
+    """An outbox created at the first revision, with ops in it, keeps an exact
+    queue depth after the upgrade that added counting on PostgreSQL."""
+    clean(engine)
+    cfg = app_alembic(tmp_path)
+    try:
+        with engine.begin() as conn:
+            cfg.attributes["connection"] = conn
+            command.upgrade(cfg, "a1f0c0de0001")
+            write_ops(conn, [("posts", f'["p{i}"]', "insert", 1, None, 1.0, 1.0)
+                             for i in range(5)])
+        with engine.begin() as conn:
+            cfg.attributes["connection"] = conn
+            command.upgrade(cfg, "heads")
+        with engine.begin() as conn:
+            assert queue_depth(conn) == 5
+            write_ops(conn, [("posts", '["p9"]', "insert", 1, None, 1.0, 1.0)])
+            conn.execute(delete(outbox).where(outbox.c.row_key.in_(['["p0"]', '["p1"]'])))
+        with engine.connect() as conn:
+            assert queue_depth(conn) == 4
+    finally:
+        with engine.begin() as conn:
+            cfg.attributes["connection"] = conn
+            command.downgrade(cfg, "sqla_sync@base")
+            command.downgrade(cfg, "app@base")
+        reset_schema(engine, Base.metadata)
