@@ -197,12 +197,16 @@ _cleanup = outbox.delete().where(
 
 
 
-@lru_cache(maxsize=8)
-def _driver_upsert(dialect: Any) -> tuple[str, tuple[str, ...] | None]:
-    """The upsert as the driver's SQL text, compiled once per dialect, and the
-    order of its positional parameters (None for a named paramstyle)."""
+@lru_cache(maxsize=32)
+def _driver_upsert(
+    dialect: Any, schemas: tuple[tuple[str | None, str | None], ...] | None
+) -> tuple[str, tuple[str, ...] | None]:
+    """The upsert as the driver's SQL text, compiled once per dialect and
+    ``schema_translate_map`` (as items), and the order of its positional
+    parameters (None for a named paramstyle)."""
     stmt = _upsert(dialect.name).values({name: bindparam(name) for name in OP_COLUMNS})
-    compiled = stmt.compile(dialect=dialect)
+    compiled = stmt.compile(dialect=dialect, schema_translate_map=dict(schemas or ()),
+                            render_schema_translate=bool(schemas))
     positions = compiled.positiontup
     return str(compiled), tuple(positions) if positions is not None else None
 
@@ -227,7 +231,9 @@ def write_ops(connection: Connection, rows: Sequence[tuple[Any, ...]]) -> None:
             tables, keys = zip(*deleted)
             connection.execute(_pg_cleanup, {"t": list(tables), "k": list(keys)})
         return
-    sql, positions = _driver_upsert(connection.dialect)
+    schemas = connection.get_execution_options().get("schema_translate_map")
+    sql, positions = _driver_upsert(connection.dialect,
+                                    tuple(schemas.items()) if schemas else None)
     if positions is None:
         params: list[Any] = [dict(zip(OP_COLUMNS, row)) for row in rows]
     elif positions == OP_COLUMNS:

@@ -80,7 +80,7 @@ class _Upsert:
 
 
 #: Per dialect (name, server version): its upsert, or None when it has none.
-_UPSERTS: dict[tuple[str, Any], _Upsert | None] = {}
+_UPSERTS: dict[tuple[Any, ...], _Upsert | None] = {}
 
 
 def _upsert_statement(dialect: Dialect) -> Insert | None:
@@ -103,13 +103,17 @@ def _upsert_statement(dialect: Dialect) -> Insert | None:
     return None
 
 
-def _upsert(dialect: Dialect) -> _Upsert | None:
-    cache_key = (dialect.name, getattr(dialect, "server_version_info", None))
+def _upsert(conn: Connection) -> _Upsert | None:
+    dialect = conn.dialect
+    schemas = conn.get_execution_options().get("schema_translate_map")
+    cache_key = (dialect.name, getattr(dialect, "server_version_info", None),
+                 tuple(schemas.items()) if schemas else None)
     if cache_key not in _UPSERTS:
         stmt = _upsert_statement(dialect)
         found = None
         if stmt is not None:
-            compiled = stmt.compile(dialect=dialect)
+            compiled = stmt.compile(dialect=dialect, schema_translate_map=schemas,
+                                    render_schema_translate=bool(schemas))
             names = compiled.positiontup if compiled.positional else None
             found = _Upsert(compiled.string, None if names is None
                             else tuple(_COLUMNS.index(n) for n in names))
@@ -128,7 +132,7 @@ def write_many(conn: Connection, rows: Sequence[ShadowTuple]) -> None:
     """
     if not rows:
         return
-    upsert = _upsert(conn.dialect)
+    upsert = _upsert(conn)
     encode = _state_text
     if upsert is None:
         conn.execute(_delete_one, [{"t": r[0], "k": r[1]} for r in rows])
