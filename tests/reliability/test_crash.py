@@ -73,6 +73,7 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, unquote
@@ -84,7 +85,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from sqlalchemy.orm.exc import StaleDataError
 
 from examples.server.run import BackendServer
-from sqla_sync import Errors, create_tables, start_sync, track, untrack
+from sqla_sync import Errors, SyncEngine, create_tables, start_sync, track, untrack
 from sqla_sync.tables import STATUS_DEAD, leases, outbox
 from tests.models import Article, Base, Ledger
 from tests.reliability.crash_worker import PAGE_SIZE, make_config
@@ -1154,12 +1155,12 @@ def test_a_commit_during_a_pull_is_not_dropped(
             app_db.dispose()
 
 
-def test_the_server_copy_of_an_unacknowledged_create(
-        local: tuple[Engine, sessionmaker[Session]]) -> None:
-    """Server-assigned ids: the create was applied but its answer lost; the next pull
-    brings the server's copy as a second local row; the user edits that copy.  The
-    replayed create then re-keys the offline row onto the copy's key -- and the push
-    must not fail on it (it failed every time: UNIQUE constraint, nothing completes)."""
+@contextmanager
+def a_lost_create(local: tuple[Engine, sessionmaker[Session]]
+                  ) -> Iterator[tuple[BackendServer, SyncEngine, sessionmaker[Session]]]:
+    """Server-assigned ids: row -1 created offline, its create applied by the
+    server (id 1) and the answer lost; yields the server, the sync engine and
+    the application's sessionmaker, and stops the engine afterwards."""
     db, maker = local
     with BackendServer(id_mode="server") as server:
         sync = start_sync(db, quick_config(server, "server"))
@@ -1169,25 +1170,35 @@ def test_the_server_copy_of_an_unacknowledged_create(
                 s.commit()
             server.faults.add(method="POST", action="drop_after_commit")
             assert sync.push().failed == 1  # the server made id 1; the answer was lost
-            sync.pull()
-            with maker() as s:
-                copies = sorted((r.id, r.title) for r in s.scalars(select(Ledger)))
-                assert copies == [(-1, "draft"), (1, "draft")]  # the user sees it twice
-                s.get(Ledger, 1).title = "edited"  # type: ignore[union-attr]
-                s.commit()
-            errors = []
-            for _ in range(3):
-                try:
-                    sync.push()
-                except Exception as exc:
-                    errors.append(f"{type(exc).__name__}: {str(exc).splitlines()[0]}")
-            with maker() as s:
-                rows = sorted((r.id, r.title) for r in s.scalars(select(Ledger)))
-            assert (errors, sync.queue_depth()) == ([], 0), errors
-            assert rows == [(1, "edited")]
-            assert [r["title"] for r in server.store.rows("posts")] == ["edited"]
+            yield server, sync, maker
         finally:
             sync.stop()
+
+
+def test_the_server_copy_of_an_unacknowledged_create(
+        local: tuple[Engine, sessionmaker[Session]]) -> None:
+    """Server-assigned ids: the create was applied but its answer lost; the next pull
+    brings the server's copy as a second local row; the user edits that copy.  The
+    replayed create then re-keys the offline row onto the copy's key -- and the push
+    must not fail on it (it failed every time: UNIQUE constraint, nothing completes)."""
+    with a_lost_create(local) as (server, sync, maker):
+        sync.pull()
+        with maker() as s:
+            copies = sorted((r.id, r.title) for r in s.scalars(select(Ledger)))
+            assert copies == [(-1, "draft"), (1, "draft")]  # the user sees it twice
+            s.get(Ledger, 1).title = "edited"  # type: ignore[union-attr]
+            s.commit()
+        errors = []
+        for _ in range(3):
+            try:
+                sync.push()
+            except Exception as exc:
+                errors.append(f"{type(exc).__name__}: {str(exc).splitlines()[0]}")
+        with maker() as s:
+            rows = sorted((r.id, r.title) for r in s.scalars(select(Ledger)))
+        assert (errors, sync.queue_depth()) == ([], 0), errors
+        assert rows == [(1, "edited")]
+        assert [r["title"] for r in server.store.rows("posts")] == ["edited"]
 
 
 def test_an_edit_of_the_offline_row_survives_the_re_key(
@@ -1197,26 +1208,16 @@ def test_an_edit_of_the_offline_row_survives_the_re_key(
     inserts the server's copy (id 1) beside the offline row (-1); the replayed create
     then re-keys -1 onto 1 -- keeping the copy's old values and dropping the offline
     row, so the pending update sends the old text: the edit is lost on both sides."""
-    db, maker = local
-    with BackendServer(id_mode="server") as server:
-        sync = start_sync(db, quick_config(server, "server"))
-        try:
-            with maker() as s:
-                s.add(Ledger(id=-1, title="draft"))
-                s.commit()
-            server.faults.add(method="POST", action="drop_after_commit")
-            assert sync.push().failed == 1
-            with maker() as s:
-                s.get(Ledger, -1).title = "final text"  # type: ignore[union-attr]
-                s.commit()
-            sync.sync()
-            sync.sync()
-            with maker() as s:
-                rows = sorted((r.id, r.title) for r in s.scalars(select(Ledger)))
-            assert rows == [(1, "final text")]
-            assert [r["title"] for r in server.store.rows("posts")] == ["final text"]
-        finally:
-            sync.stop()
+    with a_lost_create(local) as (server, sync, maker):
+        with maker() as s:
+            s.get(Ledger, -1).title = "final text"  # type: ignore[union-attr]
+            s.commit()
+        sync.sync()
+        sync.sync()
+        with maker() as s:
+            rows = sorted((r.id, r.title) for r in s.scalars(select(Ledger)))
+        assert rows == [(1, "final text")]
+        assert [r["title"] for r in server.store.rows("posts")] == ["final text"]
 
 
 def test_a_row_deleted_before_its_create_was_acknowledged_is_deleted_on_the_server(
@@ -1225,26 +1226,16 @@ def test_a_row_deleted_before_its_create_was_acknowledged_is_deleted_on_the_serv
     deletes the row before the retry.  The create is then skipped (its row is gone), the
     delete goes to the temporary id (DELETE /api/posts/-1 -> 404, taken as done), and
     the server keeps row 1 for good -- the next pull brings it back."""
-    db, maker = local
-    with BackendServer(id_mode="server") as server:
-        sync = start_sync(db, quick_config(server, "server"))
-        try:
-            with maker() as s:
-                s.add(Ledger(id=-1, title="draft"))
-                s.commit()
-            server.faults.add(method="POST", action="drop_after_commit")
-            assert sync.push().failed == 1
-            with maker() as s:
-                s.delete(s.get(Ledger, -1))
-                s.commit()
-            sync.push()
-            sync.sync()
-            with maker() as s:
-                rows = sorted((r.id, r.title) for r in s.scalars(select(Ledger)))
-            live = [r["id"] for r in server.store.rows("posts") if not r["deleted"]]
-            assert (rows, live) == ([], []), f"local {rows}, live on the server {live}"
-        finally:
-            sync.stop()
+    with a_lost_create(local) as (server, sync, maker):
+        with maker() as s:
+            s.delete(s.get(Ledger, -1))
+            s.commit()
+        sync.push()
+        sync.sync()
+        with maker() as s:
+            rows = sorted((r.id, r.title) for r in s.scalars(select(Ledger)))
+        live = [r["id"] for r in server.store.rows("posts") if not r["deleted"]]
+        assert (rows, live) == ([], []), f"local {rows}, live on the server {live}"
 
 
 @pytest.mark.parametrize("copy_edited_later", [False, True])
@@ -1255,34 +1246,24 @@ def test_a_deleted_offline_row_takes_its_pulled_copy_along(
     replayed.  The replay's answer says the deleted row was 1: the copy goes too and
     the delete reaches the server -- unless the user edited the copy after deleting
     the offline row, when that later edit wins and the delete is dropped."""
-    db, maker = local
-    with BackendServer(id_mode="server") as server:
-        sync = start_sync(db, quick_config(server, "server"))
-        try:
+    with a_lost_create(local) as (server, sync, maker):
+        with maker() as s:
+            s.delete(s.get(Ledger, -1))
+            s.commit()
+        sync.pull()
+        if copy_edited_later:
             with maker() as s:
-                s.add(Ledger(id=-1, title="draft"))
+                s.get(Ledger, 1).title = "kept"  # type: ignore[union-attr]
                 s.commit()
-            server.faults.add(method="POST", action="drop_after_commit")
-            assert sync.push().failed == 1
-            with maker() as s:
-                s.delete(s.get(Ledger, -1))
-                s.commit()
-            sync.pull()
-            if copy_edited_later:
-                with maker() as s:
-                    s.get(Ledger, 1).title = "kept"  # type: ignore[union-attr]
-                    s.commit()
-            sync.push()
-            sync.sync()
-            with maker() as s:
-                rows = sorted((r.id, r.title) for r in s.scalars(select(Ledger)))
-            live = [(int(r["id"]), r["title"]) for r in server.store.rows("posts")
-                    if not r["deleted"]]
-            want = [(1, "kept")] if copy_edited_later else []
-            assert (rows, live, sync.queue_depth()) == (want, want, 0), \
-                f"local {rows}, live on the server {live}"
-        finally:
-            sync.stop()
+        sync.push()
+        sync.sync()
+        with maker() as s:
+            rows = sorted((r.id, r.title) for r in s.scalars(select(Ledger)))
+        live = [(int(r["id"]), r["title"]) for r in server.store.rows("posts")
+                if not r["deleted"]]
+        want = [(1, "kept")] if copy_edited_later else []
+        assert (rows, live, sync.queue_depth()) == (want, want, 0), \
+            f"local {rows}, live on the server {live}"
 
 
 def test_the_lease_holds_through_a_long_sync(
