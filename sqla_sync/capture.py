@@ -597,6 +597,44 @@ def bulk_guard(state: ORMExecuteState) -> None:
         )
 
 
+#: The legacy bulk methods of :class:`~sqlalchemy.orm.Session`; they write
+#: without any session or mapper event, so capture could not see them.
+LEGACY_BULK_METHODS = ("bulk_save_objects", "bulk_insert_mappings", "bulk_update_mappings")
+
+
+def legacy_bulk_guard(session: Session, method: str, target: Any) -> None:
+    """Refuse a legacy bulk method that would write a synced model.
+
+    ``Session.bulk_save_objects`` and ``bulk_insert_mappings`` /
+    ``bulk_update_mappings`` skip every ORM event, so neither capture nor the
+    untracked-session check would see their rows: the change would silently
+    never reach the server.  The ORM-enabled ``insert()`` / ``update()`` with
+    parameter lists do the same work and are captured.
+
+    :param method: the method's name, for the message.
+    :param target: the objects (``bulk_save_objects``) or the mapped class or
+        mapper (the ``*_mappings`` methods).
+    """
+    if session.info.get(SUPPRESS_KEY):
+        return
+    if method == "bulk_save_objects":
+        classes = {type(obj) for obj in target}
+    else:
+        classes = {getattr(target, "class_", target)}
+    for cls in classes:
+        info = model_info(cls)
+        if info is None:
+            continue
+        if info.read_only:
+            refuse_read_only(info)
+        verb = "update(" if method == "bulk_update_mappings" else "insert("
+        raise UnsupportedStatementError(
+            f"Session.{method}() writes {cls.__name__}, which is Syncable, without any "
+            "ORM event, so sqla_sync could not record the change; use "
+            f"session.execute({verb}{cls.__name__}), [...]) (captured) or add_all()"
+        )
+
+
 # -- track / untrack ---------------------------------------------------------
 
 TrackTarget = Any  # Session | sessionmaker | type[Session] | AsyncSession | async_sessionmaker

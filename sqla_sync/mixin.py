@@ -14,6 +14,7 @@ column) so that no flush ever has to inspect the mapper again.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterable, Iterator, Mapping
 from json.encoder import encode_basestring
 from typing import Any, ClassVar
@@ -278,7 +279,40 @@ def _install_bulk_guard() -> None:
     # check for anything but INSERT/UPDATE/DELETE.
     from sqlalchemy.orm import Session
 
-    from .capture import bulk_guard
+    from .capture import LEGACY_BULK_METHODS, bulk_guard
 
     if not event.contains(Session, "do_orm_execute", bulk_guard):
         event.listen(Session, "do_orm_execute", bulk_guard)
+    # The legacy bulk methods emit no event at all: the only place to see
+    # them is the method itself, wrapped once on Session (subclasses and
+    # sessionmakers inherit it); the wrapper passes anything else through.
+    for name in LEGACY_BULK_METHODS:
+        method = getattr(Session, name)
+        if not getattr(method, _GUARDED_ATTR, False):
+            setattr(Session, name, _guarded_bulk(name, method))
+
+
+_GUARDED_ATTR = "_sqla_sync_guarded"
+
+
+def _guarded_bulk(name: str, method: Any) -> Any:
+    from .capture import legacy_bulk_guard
+
+    if name == "bulk_save_objects":
+
+        @functools.wraps(method)
+        def save(self: Any, objects: Iterable[Any], *args: Any, **kw: Any) -> Any:
+            objects = list(objects)  # may be a generator: read it once
+            legacy_bulk_guard(self, name, objects)
+            return method(self, objects, *args, **kw)
+
+        setattr(save, _GUARDED_ATTR, True)
+        return save
+
+    @functools.wraps(method)
+    def mappings(self: Any, mapper: Any, *args: Any, **kw: Any) -> Any:
+        legacy_bulk_guard(self, name, mapper)
+        return method(self, mapper, *args, **kw)
+
+    setattr(mappings, _GUARDED_ATTR, True)
+    return mappings

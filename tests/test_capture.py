@@ -290,6 +290,34 @@ def test_bulk_delete_of_pending_insert_leaves_nothing(engine: Engine,
     assert summary(engine) == [("posts", "p2", "insert", [])]
 
 
+@pytest.mark.parametrize("tracked", [True, False])
+def test_legacy_bulk_methods_are_refused_for_synced_models(
+        engine: Engine, Sess: sessionmaker[Session], tracked: bool) -> None:
+    """bulk_save_objects and bulk_*_mappings emit no ORM event: capture could
+    never see their rows, so they are refused instead of silently skipped."""
+    with Sess() if tracked else Session(engine) as s:
+        s.add(Post(id="p0", title="t"))
+        s.commit() if tracked else s.rollback()
+        objects = (Post(id=f"p{i}", title="t") for i in range(1, 3))  # a generator
+        with pytest.raises(UnsupportedStatementError, match=r"bulk_save_objects\(\) writes Post"):
+            s.bulk_save_objects(objects)
+        with pytest.raises(UnsupportedStatementError, match=r"insert\(Post\)"):
+            s.bulk_insert_mappings(Post, [{"id": "p3", "title": "t"}])
+        with pytest.raises(UnsupportedStatementError, match=r"update\(Post\)"):
+            s.bulk_update_mappings(model_info(Post).mapper, [{"id": "p0", "title": "x"}])
+        # Models that are not synced pass through, generators included.
+        s.bulk_save_objects(Local(id=i, text="t") for i in range(1, 3))
+        s.bulk_insert_mappings(Local, [{"id": 5, "text": "t"}])
+        s.bulk_update_mappings(Local, [{"id": 5, "text": "u"}])
+        s.commit()
+    with engine.connect() as conn:
+        assert conn.execute(select(Post.id, Post.title)).all() == (
+            [("p0", "t")] if tracked else [])
+        assert sorted(conn.execute(select(Local.id, Local.text))) == [
+            (1, "t"), (2, "t"), (5, "u")]
+    assert summary(engine) == ([("posts", "p0", "insert", [])] if tracked else [])
+
+
 # -- untracked sessions and suppression --------------------------------------
 
 
