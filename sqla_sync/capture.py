@@ -329,6 +329,8 @@ class _Capture:
             info = state.class_.__dict__.get("__sqla_sync_model__")
             if info is None:
                 continue
+            if info.read_only:
+                refuse_read_only(info)
             if batch is None:
                 batch = _Batch(self.clock())
             keyer = keyers.get(info)

@@ -20,7 +20,7 @@ from json.encoder import encode_basestring
 from typing import Any, ClassVar
 
 from sqlalchemy import event, inspect
-from sqlalchemy.orm import Mapper, object_session
+from sqlalchemy.orm import Mapper
 from sqlalchemy.sql.schema import Column, Table
 
 from .codec import Codec, codec_for, dumps, loads
@@ -252,28 +252,31 @@ def refuse_read_only(info: ModelInfo) -> None:
     )
 
 
-def _guard(mapper: Mapper[Any], connection: Any, target: Any) -> None:
-    session = object_session(target)
-    if session is not None and session.info.get(SUPPRESS_KEY):
+def _flush_guard(session: Any, flush_context: Any) -> None:
+    # One class-level after_flush listener on Session: a flush of an untracked
+    # session that wrote a synced model raises (the flush rolls back).  In a
+    # tracked session capture checks each model as it records it, so this
+    # returns after one lookup; per-object mapper events would cost a call per
+    # row in every flush instead.
+    if is_tracked(session) or session.info.get(SUPPRESS_KEY):
         return
-    info = model_info(type(target))
-    if info is not None and info.read_only:
-        refuse_read_only(info)
-    if session is None or is_tracked(session):
-        return
-    raise UntrackedSessionError(
-        f"{type(target).__name__} is Syncable but was written through a session that "
-        "sqla_sync does not track, so the change would never be synced; call "
-        "sqla_sync.track() on that session, its sessionmaker or its class first"
-    )
-
-
-for _name in ("before_insert", "before_update", "before_delete"):
-    event.listen(Syncable, _name, _guard, propagate=True)
+    for state, (_isdelete, listonly) in flush_context.states.items():
+        if listonly:
+            continue
+        info = state.class_.__dict__.get(_MODEL_ATTR)
+        if info is None:
+            continue
+        if info.read_only:
+            refuse_read_only(info)
+        raise UntrackedSessionError(
+            f"{state.class_.__name__} is Syncable but was written through a session that "
+            "sqla_sync does not track, so the change would never be synced; call "
+            "sqla_sync.track() on that session, its sessionmaker or its class first"
+        )
 
 
 def _install_bulk_guard() -> None:
-    # ORM bulk statements do not go through mapper events; one class-level
+    # ORM bulk statements do not go through flushes; one class-level
     # do_orm_execute listener, installed once the first synced model exists,
     # refuses them in untracked sessions.  It returns after one attribute
     # check for anything but INSERT/UPDATE/DELETE.
@@ -283,6 +286,8 @@ def _install_bulk_guard() -> None:
 
     if not event.contains(Session, "do_orm_execute", bulk_guard):
         event.listen(Session, "do_orm_execute", bulk_guard)
+    if not event.contains(Session, "after_flush", _flush_guard):
+        event.listen(Session, "after_flush", _flush_guard)
     # The legacy bulk methods emit no event at all: the only place to see
     # them is the method itself, wrapped once on Session (subclasses and
     # sessionmakers inherit it); the wrapper passes anything else through.
