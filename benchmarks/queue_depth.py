@@ -28,12 +28,12 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Engine, create_engine, insert, text
+from sqlalchemy import Engine, Table, create_engine, insert, text
 from sqlalchemy.engine import Connection, Dialect
 
 from sqla_sync import create_tables, drop_tables
 from sqla_sync.outbox import oldest_pending_age, pending_ops, queue_depth
-from sqla_sync.tables import outbox
+from sqla_sync.tables import counters, outbox
 
 GOAL_MS = 50.0
 REPEATS = 7
@@ -139,9 +139,13 @@ def _is_mariadb(dialect: Dialect) -> bool:
 
 
 def explain(conn: Connection) -> str:
-    """The plan of queue_depth's count (executed, where the dialect can)."""
+    """The plan of queue_depth's query (executed, where the dialect can): a
+    count of the outbox on SQLite, the sum of the counter rows elsewhere."""
     name = conn.dialect.name
-    sql = f"SELECT count(*) FROM {_qualified(conn)} WHERE status = 'pending'"
+    if name == "sqlite":
+        sql = f"SELECT count(*) FROM {_qualified(conn)} WHERE status <> 'pending'"
+    else:
+        sql = f"SELECT sum(pending) FROM {_qualified(conn, counters)}"
     if name == "sqlite":
         sql = f"EXPLAIN QUERY PLAN {sql}"
     elif name == "postgresql":
@@ -151,10 +155,10 @@ def explain(conn: Connection) -> str:
     return "\n".join("    " + " | ".join(str(v) for v in row) for row in conn.execute(text(sql)))
 
 
-def _qualified(conn: Connection) -> str:
+def _qualified(conn: Connection, table: Table = outbox) -> str:
     preparer = conn.dialect.identifier_preparer
     schema = (conn.get_execution_options().get("schema_translate_map") or {}).get(None)
-    name = preparer.quote(outbox.name)
+    name = preparer.quote(table.name)
     return f"{preparer.quote(schema)}.{name}" if schema else name
 
 
