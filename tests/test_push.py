@@ -7,6 +7,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
+import requests
 from sqlalchemy import Engine, String, select
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
 
@@ -31,6 +32,7 @@ from sqla_sync import (
 from sqla_sync.outbox import pending_ops
 from sqla_sync.signals import EVENT_NAMES, signal_for
 from sqla_sync.tables import outbox, shadow
+from sqla_sync.transport import Transport
 from tests.backend import article_routes
 from tests.conftest import FakeClock
 from tests.models import Article, Entry, Ledger, Remark
@@ -366,6 +368,34 @@ def test_a_change_during_the_request_is_not_folded_or_overwritten(
         assert local.title == "edited while in flight"
         assert local.version == 2
     assert server_rows(server)["a1"]["title"] == "edited while in flight"
+
+
+def test_the_environment_is_read_once_for_base_url(
+    engine: Engine, server: BackendServer, Sess: sessionmaker[Session], clock: FakeClock,
+    monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Proxies from the environment still apply (read once, not per request), and
+    so does NO_PROXY; a session the application passes in is left alone."""
+    with Sess() as s:
+        s.add(Article(id="a1", title="t"))
+        s.commit()
+    monkeypatch.setenv("HTTP_PROXY", "http://127.0.0.1:9")  # nothing listens there
+    monkeypatch.delenv("http_proxy", raising=False)
+    monkeypatch.setenv("NO_PROXY", "")
+    monkeypatch.delenv("no_proxy", raising=False)
+    with make_engine(engine, server, clock) as sync:
+        assert sync.push().failed == 1
+    with engine.connect() as conn:
+        [op] = pending_ops(conn)
+    assert "ProxyError" in (op.last_error or ""), op.last_error
+    monkeypatch.setenv("NO_PROXY", "127.0.0.1")
+    clock.advance(3600)
+    with make_engine(engine, server, clock) as sync:
+        assert sync.push().pushed == 1
+    own = requests.Session()
+    transport = Transport(server.url, session=own)
+    assert own.trust_env is True and transport.verify is True
+    own.close()
 
 
 def test_one_refresh_for_a_burst_of_401s(engine: Engine, server: BackendServer,
