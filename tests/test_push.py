@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import logging
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -368,6 +370,56 @@ def test_a_change_during_the_request_is_not_folded_or_overwritten(
         assert local.title == "edited while in flight"
         assert local.version == 2
     assert server_rows(server)["a1"]["title"] == "edited while in flight"
+
+
+def test_waves_overlap_yet_a_row_waits_for_its_earlier_op(
+    engine: Engine, server: BackendServer, Sess: sessionmaker[Session], clock: FakeClock
+) -> None:
+    """The next wave is claimed while one is sent; an op in flight still holds
+    back the later op of its row, which goes once its answer is recorded."""
+    with Sess() as s:
+        s.add_all([Article(id=f"a{i}", title="sent") for i in range(6)])
+        s.commit()
+    with engine.connect() as conn:
+        order = [json.loads(op.row_key)[0] for op in pending_ops(conn)]  # capture order
+    first, last, *_ = order
+    overlapped: list[bool] = []
+
+    def claimed(ids: list[str]) -> bool:
+        with engine.connect() as conn:
+            return all(op.claimed_at is not None for op in pending_ops(conn)
+                       if json.loads(op.row_key)[0] in ids)
+
+    def body(item: dict[str, Any]) -> dict[str, Any]:
+        if item["id"] == first:  # the user edits a row whose create is in flight
+            with Sess() as s:
+                s.get(Article, first).title = "edited"  # type: ignore[union-attr]
+                s.commit()
+        if item["id"] == last:  # wave 1's last request: wave 2 is claimed meanwhile
+            for _ in range(200):
+                if claimed(order[2:4]):
+                    break
+                time.sleep(0.05)
+            overlapped.append(claimed(order[2:4]))
+        return item
+
+    routes = article_routes()
+    push = routes["articles"].routes.push
+    assert push is not None
+    patched = define_routes({"articles": Routes(
+        fields={"updated_at": "updatedAt"},
+        push=Push(create=Request("POST", "/api/posts", body=body), update=push.update,
+                  delete=push.delete))})
+    with make_engine(engine, server, clock, routes=patched,
+                     sync=Schedule(push_batch_size=2, push_concurrency=1)) as sync:
+        assert sync.push().pushed == 7
+        assert sync.queue_depth() == 0
+    assert overlapped == [True]
+    sent = [(r["method"], r["body"]["id"], r["body"]["title"]) for r in api_requests(server)]
+    assert sent == [("POST", key, "sent") for key in order] + [("PUT", first, "edited")]
+    assert len({r["remote"] for r in api_requests(server)}) == 1  # one keep-alive connection
+    with Sess() as s:
+        assert s.get(Article, first).title == "edited"  # type: ignore[union-attr]
 
 
 def test_the_environment_is_read_once_for_base_url(
