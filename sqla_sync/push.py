@@ -251,13 +251,12 @@ class Pusher:
                 dead: set[RowKey]) -> bool:
         """Record a sent wave, count it, emit its events; whether credentials were refused."""
         dead_letters = self._record(outcomes)
-        buried = {d.id for d in dead_letters}
         for outcome in outcomes:
             tally = counts.setdefault(outcome.op.table_name, {})
             kind = "conflict" if outcome.kind == "resolved" else outcome.kind
             tally[kind] = tally.get(kind, 0) + 1
-            if outcome.kind == "dead" or (outcome.kind == "retry" and outcome.op.id in buried):
-                dead.add((outcome.op.table_name, outcome.op.row_key))
+        # Their rows (and dependents) wait for the rest of the pass, as in the next.
+        dead.update((d.table_name, d.row_key) for d in dead_letters)
         for letter in dead_letters:
             self.emit("dead-letter", dead_letter=letter)
         conflicts, self.emit_later = self.emit_later, []

@@ -250,6 +250,38 @@ def test_out_of_retries_becomes_a_dead_letter(engine: Engine, server: BackendSer
     assert len(api_requests(server)) == 3
 
 
+def test_a_row_out_of_retries_holds_back_its_later_op_in_the_same_push(
+    engine: Engine, server: BackendServer, Sess: sessionmaker[Session], clock: FakeClock
+) -> None:
+    """An op that runs out of retries becomes a dead letter at once, and the
+    row's later op (captured while the last attempt was in flight) waits
+    behind it in that same push too, not only in the next one."""
+    server.faults.add(method="POST", path="/api/posts", action="status", status=502, times=-1)
+    with Sess() as s:
+        s.add(Article(id="a1", title="t"))
+        s.commit()
+
+    def body(item: dict[str, Any]) -> dict[str, Any]:
+        with Sess() as s:
+            s.get(Article, "a1").title = "edited"  # type: ignore[union-attr]
+            s.commit()
+        return item
+
+    routes = article_routes()
+    push = routes["articles"].routes.push
+    assert push is not None
+    patched = define_routes({"articles": Routes(
+        fields={"updated_at": "updatedAt"},
+        push=Push(create=Request("POST", "/api/posts", body=body), update=push.update,
+                  delete=push.delete))})
+    with make_engine(engine, server, clock, routes=patched,
+                     errors=Errors(max_retries=0)) as sync:
+        result = sync.push()
+        assert (result.pushed, result.dead_lettered) == (0, 1)
+        assert sync.queue_depth() == 1  # the edit waits behind the dead letter
+    assert [r["method"] for r in api_requests(server)] == ["POST"]
+
+
 def test_a_400_dead_letters_while_unrelated_ops_arrive(engine: Engine, server: BackendServer,
                                                        Sess: sessionmaker[Session],
                                                        clock: FakeClock) -> None:
