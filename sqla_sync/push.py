@@ -191,8 +191,10 @@ class Pusher:
                 if len(flight) < 2 and not self._refused.is_set() and not should_stop():
                     wave, held = self._next_wave(dead, attempted)
                     if wave:
+                        wave, keys, rows, versions = self._claim(wave)
                         attempted.update(op.id for op in wave)
-                        flight.append(self._submit(wave, *self._claim(wave)))
+                        if wave:
+                            flight.append(self._submit(wave, keys, rows, versions))
                         continue
                     if not flight:
                         self.retry_at = self._soonest
@@ -232,20 +234,32 @@ class Pusher:
         )
 
     def _claim(
-        self, wave: Sequence[OutboxOp]
-    ) -> tuple[dict[int, str], dict[RowKey, dict[str, Any]], dict[RowKey, str]]:
-        """Claim ``wave`` in one transaction; its Idempotency-Keys, rows and versions."""
+        self, chosen: Sequence[OutboxOp]
+    ) -> tuple[list[OutboxOp], dict[int, str], dict[RowKey, dict[str, Any]], dict[RowKey, str]]:
+        """Claim ``chosen`` in one transaction: the ops as claimed, their
+        Idempotency-Keys, rows and versions.
+
+        The ops are read again first, under the transaction's lock: the
+        application may have folded a change into one since it was chosen (an
+        update became a delete, an insert vanished).  An op whose kind changed
+        is left for the next wave to choose again, under the rules for its new kind.
+        """
         now = self.clock()
         with self.db.begin() as conn:
             if self.fence is not None:
                 self.fence(conn)
+            fresh = ob.current(conn, [op.id for op in chosen])
+            wave = [now_op for op in chosen if (now_op := fresh.get(op.id)) is not None
+                    and now_op.op == op.op and now_op.status == STATUS_PENDING]
+            if not wave:
+                return [], {}, {}, {}
             rows = self._read_rows(conn, wave)
             sent = {op.id: self._infos[op.table_name].encode_row(row)
                     for op in wave if op.op != OP_DELETE
                     and (row := rows.get((op.table_name, op.row_key))) is not None}
             keys = ob.claim(conn, wave, now, sent)
             versions = self._versions(conn, wave)
-        return keys, rows, versions
+        return wave, keys, rows, versions
 
     def _finish(self, outcomes: Sequence[_Outcome], counts: dict[str, dict[str, int]],
                 dead: set[RowKey]) -> bool:

@@ -32,6 +32,7 @@ from sqla_sync import (
     untrack,
 )
 from sqla_sync.outbox import pending_ops
+from sqla_sync.push import Pusher
 from sqla_sync.signals import EVENT_NAMES, signal_for
 from sqla_sync.tables import outbox, shadow
 from sqla_sync.transport import Transport
@@ -452,6 +453,46 @@ def test_waves_overlap_yet_a_row_waits_for_its_earlier_op(
     assert len({r["remote"] for r in api_requests(server)}) == 1  # one keep-alive connection
     with Sess() as s:
         assert s.get(Article, first).title == "edited"  # type: ignore[union-attr]
+
+
+@pytest.mark.parametrize("change", ["delete", "delete-created"])
+def test_a_change_folded_in_between_choosing_and_claiming_is_not_lost(
+    engine: Engine, server: BackendServer, Sess: sessionmaker[Session], clock: FakeClock,
+    monkeypatch: pytest.MonkeyPatch, change: str
+) -> None:
+    """The application commits between the moment a wave is chosen and its
+    claim, folding a delete into a chosen op: the claim reads the op again,
+    so the delete is sent (not taken for an update of a vanished row) and a
+    create cancelled meanwhile sends nothing."""
+    with Sess() as s:
+        s.add_all([Article(id="a1", title="t"), Article(id="a2", title="t")])
+        s.commit()
+    with make_engine(engine, server, clock) as sync:
+        if change == "delete":
+            assert sync.push().pushed == 2
+            with Sess() as s:
+                s.get(Article, "a1").title = "edited"  # type: ignore[union-attr]
+                s.commit()
+        chosen = Pusher._next_wave
+
+        def next_wave(self: Pusher, *args: Any) -> Any:
+            wave, held = chosen(self, *args)
+            with Sess() as s:
+                row = s.get(Article, "a1")
+                if row is not None and any(op.row_key == '["a1"]' for op in wave):
+                    s.delete(row)  # update + delete -> delete; insert + delete -> nothing
+                    s.commit()
+            return wave, held
+
+        monkeypatch.setattr(Pusher, "_next_wave", next_wave)
+        sync.push()
+        assert sync.queue_depth() == 0 and sync.dead_letters() == []
+    rows = server_rows(server)
+    if change == "delete":
+        assert rows["a1"]["deleted"] is True
+        assert [r["method"] for r in api_requests(server) if "a1" in r["path"]] == ["DELETE"]
+    else:
+        assert "a1" not in rows and rows["a2"]["title"] == "t"
 
 
 def test_the_environment_is_read_once_for_base_url(
