@@ -93,7 +93,7 @@ class PushResult:
 @dataclasses.dataclass
 class _Outcome:
     op: OutboxOp
-    # ok | retry | dead | conflict | auth | skip | gone; after recording also
+    # ok | retry | dead | conflict | auth | halted | skip | gone; after recording also
     # resolved (a conflict settled) or settled (nothing left to do)
     kind: str
     answer: Answer | None = None
@@ -166,8 +166,14 @@ class Pusher:
 
     # -- one pass --------------------------------------------------------------
 
-    def push(self, *, should_stop: Callable[[], bool] = lambda: False) -> PushResult:
+    def push(self, *, should_stop: Callable[[], bool] = lambda: False,
+             halted: Callable[[], bool] = lambda: False) -> PushResult:
         """Send every op that is due, wave after wave, and report what happened.
+
+        :param should_stop: asked between waves, on this thread: claim no more.
+        :param halted: asked by the sending threads before each request (so it
+            must be cheap and thread-safe, no I/O): send nothing more; the
+            ops not sent are given back untried.
 
         Two waves are in hand at a time: while one is on the wire, the next is
         claimed and queued behind it, and the one before is recorded.  So the
@@ -194,7 +200,7 @@ class Pusher:
                         wave, keys, rows, versions = self._claim(wave)
                         attempted.update(op.id for op in wave)
                         if wave:
-                            flight.append(self._submit(wave, keys, rows, versions))
+                            flight.append(self._submit(wave, keys, rows, versions, halted))
                         continue
                     if not flight:
                         self.retry_at = self._soonest
@@ -419,12 +425,16 @@ class Pusher:
         keys: Mapping[int, str],
         rows: Mapping[RowKey, dict[str, Any]],
         versions: Mapping[RowKey, str],
+        halted: Callable[[], bool],
     ) -> list[Future[_Outcome]]:
         """Queue ``wave`` on the sending threads, ``push_concurrency`` at a time,
-        in order.  Once credentials are refused, the ops not yet sent stay untried."""
+        in order.  Once credentials are refused, or ``halted()`` says so (the
+        engine stops, the lease is lost), the ops not yet sent stay untried."""
         def one(op: OutboxOp) -> _Outcome:
             if self._refused.is_set():
                 return _Outcome(op, "auth", error=self._refused_error)
+            if halted():
+                return _Outcome(op, "halted")
             outcome = self._send(op, keys[op.id], rows.get((op.table_name, op.row_key)),
                                  versions.get((op.table_name, op.row_key)))
             if outcome.kind == "auth":
@@ -565,7 +575,7 @@ class Pusher:
                     continue
                 if o.kind in ("ok", "skip"):
                     done.append(op.id)
-                elif o.kind == "auth":
+                elif o.kind in ("auth", "halted"):
                     released.append(op.id)
                 elif o.kind in ("retry", "conflict"):
                     attempts = op.attempts + 1
