@@ -87,7 +87,11 @@ class SyncConfig:
     :param max_response_bytes: larger answers are refused.
     :param clock: wall-clock time in epoch seconds; tests inject their own.
     :param seed: seed of the backoff jitter, for reproducible runs.
-    :param http: a preconfigured :class:`requests.Session` (proxies, CA bundle).
+    :param http: a preconfigured :class:`requests.Session` (proxies, CA bundle),
+        used as it is.  Without one, the engine's own session takes the
+        environment's proxies (``HTTP_PROXY``, ``NO_PROXY``, ...), CA bundle
+        (``REQUESTS_CA_BUNDLE``) and ``.netrc`` entry for ``base_url`` once, at
+        :func:`start_sync`, rather than on every request.
     """
 
     base_url: str

@@ -266,6 +266,11 @@ class SyncEngine:
             return self._beat.beat()
         return self.lease.token is not None
 
+    def _halted(self) -> bool:
+        """For the sending threads, before each request (no I/O): whether the
+        engine stops or the lease is known to be lost."""
+        return self._stopping or (self.lease is not None and self.lease.token is None)
+
     def _lead(self) -> bool:
         if self.lease is None:
             return True
@@ -289,7 +294,8 @@ class SyncEngine:
 
     def _do_push(self) -> PushResult:
         result = self._pusher.push(
-            should_stop=lambda: self._stopping or not self._still_leading())
+            should_stop=lambda: self._stopping or not self._still_leading(),
+            halted=self._halted)
         if not self._still_leading():  # lost mid-push: its waves stopped; so does the sync
             raise LeaseLost(f"the leader lease {self.config.leader.name!r} was lost during "
                             "a push; this engine stops syncing until it leads again")

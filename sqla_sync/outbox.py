@@ -26,6 +26,7 @@ __all__ = [
     "bury",
     "claim",
     "complete",
+    "current",
     "dead_letter_count",
     "dead_letters",
     "dead_rows",
@@ -118,6 +119,23 @@ def ops_for_row(conn: Connection, table_name: str, row_key: str) -> Sequence[Out
         .order_by(outbox.c.id)
     )
     return [OutboxOp.from_row(row) for row in conn.execute(stmt)]
+
+
+def current(conn: Connection, ids: Iterable[int]) -> dict[int, OutboxOp]:
+    """The ops ``ids`` as they are now, by id (those removed meanwhile are missing).
+
+    Locked until the transaction ends where the database has row locks (SQLite
+    needs none inside the library's ``BEGIN IMMEDIATE``): a change captured
+    meanwhile has folded into them already, or waits until they are claimed.
+    """
+    wanted = list(ids)
+    found: dict[int, OutboxOp] = {}
+    for start in range(0, len(wanted), 500):
+        stmt = select(outbox).where(outbox.c.id.in_(wanted[start : start + 500]))
+        if conn.dialect.name != "sqlite":
+            stmt = stmt.with_for_update()
+        found.update((op.id, op) for op in map(OutboxOp.from_row, conn.execute(stmt)))
+    return found
 
 
 def queue_depth(conn: Connection) -> int:

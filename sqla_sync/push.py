@@ -13,6 +13,10 @@ One push pass repeats a *wave* until nothing is left to send:
    server's answer is written back to the row (server-assigned ids are
    remapped in the row, the shadow, pending ops and children's foreign keys);
    failed ones are rescheduled with backoff or become dead letters.
+
+The waves overlap: the next one is chosen, claimed and queued while one is
+sent, and a sent wave is recorded while the next is on the wire, so the
+database work of steps 1, 2 and 4 stays off the sending threads' path.
 """
 
 from __future__ import annotations
@@ -20,9 +24,11 @@ from __future__ import annotations
 import dataclasses
 import logging
 import random
+import threading
 import time
+from collections import deque
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 from typing import Any
 
 from sqlalchemy import Engine, and_, delete, exists, insert, select, tuple_, update
@@ -87,7 +93,7 @@ class PushResult:
 @dataclasses.dataclass
 class _Outcome:
     op: OutboxOp
-    # ok | retry | dead | conflict | auth | skip | gone; after recording also
+    # ok | retry | dead | conflict | auth | halted | skip | gone; after recording also
     # resolved (a conflict settled) or settled (nothing left to do)
     kind: str
     answer: Answer | None = None
@@ -142,6 +148,10 @@ class Pusher:
             for parent, keys in info.parents:
                 self._children.setdefault(parent, []).append((info, keys))
         self._pool: ThreadPoolExecutor | None = None
+        # Set by the sending thread that meets refused credentials: the ops
+        # queued behind it are not sent (see _submit).
+        self._refused = threading.Event()
+        self._refused_error = ""
         self.emit_later: list[Conflict] = []
         self._soonest: float | None = None
         #: After a push: when the earliest op held for a retry falls due (wall
@@ -156,8 +166,22 @@ class Pusher:
 
     # -- one pass --------------------------------------------------------------
 
-    def push(self, *, should_stop: Callable[[], bool] = lambda: False) -> PushResult:
-        """Send every op that is due, wave after wave, and report what happened."""
+    def push(self, *, should_stop: Callable[[], bool] = lambda: False,
+             halted: Callable[[], bool] = lambda: False) -> PushResult:
+        """Send every op that is due, wave after wave, and report what happened.
+
+        :param should_stop: asked between waves, on this thread: claim no more.
+        :param halted: asked by the sending threads before each request (so it
+            must be cheap and thread-safe, no I/O): send nothing more; the
+            ops not sent are given back untried.
+
+        Two waves are in hand at a time: while one is on the wire, the next is
+        claimed and queued behind it, and the one before is recorded.  So the
+        sending threads never wait for the database, and a wave's last requests
+        overlap the next wave's first.  A row's later op still waits for its
+        earlier one: an op in flight stays in the outbox until it is recorded,
+        so :meth:`_next_wave` holds back whatever it would hold back behind it.
+        """
         started = time.monotonic()
         counts: dict[str, dict[str, int]] = {}
         attempted: set[int] = set()
@@ -166,41 +190,35 @@ class Pusher:
         with self.db.connect() as conn:
             dead = ob.dead_rows(conn)
         self.retry_at = None
-        while not should_stop():
-            wave, held = self._next_wave(dead, attempted)
-            if not wave:
-                self.retry_at = self._soonest
-                break
-            attempted.update(op.id for op in wave)
-            now = self.clock()
-            with self.db.begin() as conn:
-                if self.fence is not None:
-                    self.fence(conn)
-                rows = self._read_rows(conn, wave)
-                sent = {op.id: self._infos[op.table_name].encode_row(row)
-                        for op in wave if op.op != OP_DELETE
-                        and (row := rows.get((op.table_name, op.row_key))) is not None}
-                keys = ob.claim(conn, wave, now, sent)
-                versions = self._versions(conn, wave)
-            outcomes = self._send_all(wave, keys, rows, versions)
-            dead_letters = self._record(outcomes)
-            for outcome in outcomes:
-                tally = counts.setdefault(outcome.op.table_name, {})
-                kind = "conflict" if outcome.kind == "resolved" else outcome.kind
-                tally[kind] = tally.get(kind, 0) + 1
-                if outcome.kind == "dead" or (outcome.kind == "retry" and
-                                              outcome.op.id in {d.id for d in dead_letters}):
-                    dead.add((outcome.op.table_name, outcome.op.row_key))
-            for letter in dead_letters:
-                self.emit("dead-letter", dead_letter=letter)
-            conflicts, self.emit_later = self.emit_later, []
-            for conflict in conflicts:
-                self.emit("conflict", conflict=conflict)
-            auth = [o for o in outcomes if o.kind == "auth"]
-            if auth:
-                auth_required = True
-                self.emit("auth-required", error=auth[0].error)
-                break
+        self._refused.clear()
+        flight: deque[list[Future[_Outcome]]] = deque()
+        try:
+            while True:
+                if len(flight) < 2 and not self._refused.is_set() and not should_stop():
+                    wave, held = self._next_wave(dead, attempted)
+                    if wave:
+                        wave, keys, rows, versions = self._claim(wave)
+                        attempted.update(op.id for op in wave)
+                        if wave:
+                            flight.append(self._submit(wave, keys, rows, versions, halted))
+                        continue
+                    if not flight:
+                        self.retry_at = self._soonest
+                        break
+                elif not flight:
+                    break
+                wait(flight[0])  # one wake-up per wave, not one per request
+                outcomes = [future.result() for future in flight.popleft()]
+                if self._finish(outcomes, counts, dead) and not auth_required:
+                    auth_required = True
+                    self.emit("auth-required",
+                              error=next(o.error for o in outcomes if o.kind == "auth"))
+        finally:
+            # Only on an error: nothing more is sent once push returns or raises.
+            for futures in flight:
+                for future in futures:
+                    future.cancel()
+            wait([future for futures in flight for future in futures])
         tables = {
             name: TableCounts(
                 pushed=c.get("ok", 0) + c.get("skip", 0),
@@ -220,6 +238,51 @@ class Pusher:
             duration=time.monotonic() - started,
             tables=tables,
         )
+
+    def _claim(
+        self, chosen: Sequence[OutboxOp]
+    ) -> tuple[list[OutboxOp], dict[int, str], dict[RowKey, dict[str, Any]], dict[RowKey, str]]:
+        """Claim ``chosen`` in one transaction: the ops as claimed, their
+        Idempotency-Keys, rows and versions.
+
+        The ops are read again first, under the transaction's lock: the
+        application may have folded a change into one since it was chosen (an
+        update became a delete, an insert vanished).  An op whose kind changed
+        is left for the next wave to choose again, under the rules for its new kind.
+        """
+        now = self.clock()
+        with self.db.begin() as conn:
+            if self.fence is not None:
+                self.fence(conn)
+            fresh = ob.current(conn, [op.id for op in chosen])
+            wave = [now_op for op in chosen if (now_op := fresh.get(op.id)) is not None
+                    and now_op.op == op.op and now_op.status == STATUS_PENDING]
+            if not wave:
+                return [], {}, {}, {}
+            rows = self._read_rows(conn, wave)
+            sent = {op.id: self._infos[op.table_name].encode_row(row)
+                    for op in wave if op.op != OP_DELETE
+                    and (row := rows.get((op.table_name, op.row_key))) is not None}
+            keys = ob.claim(conn, wave, now, sent)
+            versions = self._versions(conn, wave)
+        return wave, keys, rows, versions
+
+    def _finish(self, outcomes: Sequence[_Outcome], counts: dict[str, dict[str, int]],
+                dead: set[RowKey]) -> bool:
+        """Record a sent wave, count it, emit its events; whether credentials were refused."""
+        dead_letters = self._record(outcomes)
+        for outcome in outcomes:
+            tally = counts.setdefault(outcome.op.table_name, {})
+            kind = "conflict" if outcome.kind == "resolved" else outcome.kind
+            tally[kind] = tally.get(kind, 0) + 1
+        # Their rows (and dependents) wait for the rest of the pass, as in the next.
+        dead.update((d.table_name, d.row_key) for d in dead_letters)
+        for letter in dead_letters:
+            self.emit("dead-letter", dead_letter=letter)
+        conflicts, self.emit_later = self.emit_later, []
+        for conflict in conflicts:
+            self.emit("conflict", conflict=conflict)
+        return any(o.kind == "auth" for o in outcomes)
 
     # -- choosing ops ------------------------------------------------------------
 
@@ -356,31 +419,32 @@ class Pusher:
 
     # -- sending -------------------------------------------------------------------
 
-    def _send_all(
+    def _submit(
         self,
         wave: Sequence[OutboxOp],
         keys: Mapping[int, str],
         rows: Mapping[RowKey, dict[str, Any]],
         versions: Mapping[RowKey, str],
-    ) -> list[_Outcome]:
+        halted: Callable[[], bool],
+    ) -> list[Future[_Outcome]]:
+        """Queue ``wave`` on the sending threads, ``push_concurrency`` at a time,
+        in order.  Once credentials are refused, or ``halted()`` says so (the
+        engine stops, the lease is lost), the ops not yet sent stay untried."""
         def one(op: OutboxOp) -> _Outcome:
-            return self._send(op, keys[op.id], rows.get((op.table_name, op.row_key)),
-                              versions.get((op.table_name, op.row_key)))
+            if self._refused.is_set():
+                return _Outcome(op, "auth", error=self._refused_error)
+            if halted():
+                return _Outcome(op, "halted")
+            outcome = self._send(op, keys[op.id], rows.get((op.table_name, op.row_key)),
+                                 versions.get((op.table_name, op.row_key)))
+            if outcome.kind == "auth":
+                self._refused_error = outcome.error
+                self._refused.set()
+            return outcome
 
-        if self.concurrency == 1 or len(wave) == 1:
-            outcomes = []
-            for op in wave:
-                outcome = one(op)
-                outcomes.append(outcome)
-                if outcome.kind == "auth":
-                    # Credentials are refused: the rest of the wave stays untried.
-                    outcomes.extend(_Outcome(rest, "auth", error=outcome.error)
-                                    for rest in wave[len(outcomes):])
-                    break
-            return outcomes
         if self._pool is None:
             self._pool = ThreadPoolExecutor(self.concurrency, thread_name_prefix="sqla-sync-push")
-        return list(self._pool.map(one, wave))
+        return [self._pool.submit(one, op) for op in wave]
 
     def _send(
         self, op: OutboxOp, key: str, local: dict[str, Any] | None, version: str | None
@@ -511,7 +575,7 @@ class Pusher:
                     continue
                 if o.kind in ("ok", "skip"):
                     done.append(op.id)
-                elif o.kind == "auth":
+                elif o.kind in ("auth", "halted"):
                     released.append(op.id)
                 elif o.kind in ("retry", "conflict"):
                     attempts = op.attempts + 1

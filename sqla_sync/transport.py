@@ -19,6 +19,7 @@ import dataclasses
 import json
 import logging
 import math
+import os
 import threading
 import time
 from collections import deque
@@ -150,6 +151,7 @@ class Transport:
             adapter = HTTPAdapter(pool_connections=4, pool_maxsize=max(pool_size, 4))
             self._session.mount("http://", adapter)
             self._session.mount("https://", adapter)
+            self._read_environment()
         self._secret_names = {h.lower() for h in self.auth.secret_headers}
         self._secrets: deque[str] = deque(maxlen=32)
         self._secret_lock = threading.Lock()
@@ -162,6 +164,30 @@ class Transport:
         self.on_answer = on_answer
         #: True after an answer, False after a failure to reach the server.
         self.reachable: bool | None = None
+
+    def _read_environment(self) -> None:
+        """Take the environment's proxies, CA bundle and ``.netrc`` credentials
+        for ``base_url`` once, as requests would for every request.
+
+        requests reads them on each request (``trust_env``): the proxy variables
+        and ``NO_PROXY``, ``REQUESTS_CA_BUNDLE``/``CURL_CA_BUNDLE`` and a stat
+        of ``~/.netrc`` -- measured, a fifth of the client's CPU per push
+        request.  Every request here goes to ``base_url``'s origin (redirects
+        elsewhere are refused), so one reading gives the same settings; a
+        change to the environment is seen by the next engine.  A session the
+        application passes in is left as it is.
+        """
+        session = self._session
+        if not session.trust_env:
+            return
+        session.trust_env = False
+        for scheme, proxy in requests.utils.get_environ_proxies(self.base_url).items():
+            session.proxies.setdefault(scheme, proxy)
+        if session.auth is None:
+            session.auth = requests.utils.get_netrc_auth(self.base_url)
+        if self.verify is True:
+            self.verify = (os.environ.get("REQUESTS_CA_BUNDLE")
+                           or os.environ.get("CURL_CA_BUNDLE") or True)
 
     # -- secrets ---------------------------------------------------------------
 
@@ -357,7 +383,7 @@ class Transport:
             body = self._parse(content, response, method, path)
             log.debug("%s %s -> %s in %.1f ms", method, path, response.status_code,
                       elapsed * 1000)
-            return Answer(response.status_code, CaseInsensitiveDict(response.headers), body,
+            return Answer(response.status_code, response.headers, body,
                           method, path, elapsed)
         raise TransportError(f"{method} {urlsplit(absolute).path}: too many redirects")
 
@@ -391,12 +417,16 @@ class Transport:
         cap = self.max_response_bytes
         status = response.status_code
         declared = response.headers.get("Content-Length")
-        if declared is not None and declared.isascii() and declared.isdigit() \
-                and int(declared) > cap:
-            raise TransportError(
-                f"{method} {path}: response of {declared} bytes exceeds the cap of {cap}",
-                status=status,
-            )
+        length: int | None = None
+        if declared is not None and declared.isascii() and declared.isdigit():
+            length = int(declared)
+            if length > cap:
+                raise TransportError(
+                    f"{method} {path}: response of {declared} bytes exceeds the cap of {cap}",
+                    status=status,
+                )
+            if "Content-Encoding" in response.headers or "Transfer-Encoding" in response.headers:
+                length = None  # the bytes read are not the bytes declared
         chunks: list[bytes] = []
         size = 0
         try:
@@ -409,6 +439,11 @@ class Transport:
                     )
                 chunks.append(chunk)
                 self._check_deadline(started, method, path, status)
+                if size == length:
+                    # The whole declared body, usually in the first read: no
+                    # further read to meet its end (the connection is back in
+                    # the pool already).
+                    break
         except (requests.RequestException, urllib3.exceptions.HTTPError, OSError) as exc:
             raise TransportError(
                 self.redact(f"{method} {path}: answer cut short: {type(exc).__name__}: {exc}"),

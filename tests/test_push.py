@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import json
 import logging
+import time
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
+import requests
 from sqlalchemy import Engine, String, select
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
 
@@ -29,8 +32,10 @@ from sqla_sync import (
     untrack,
 )
 from sqla_sync.outbox import pending_ops
+from sqla_sync.push import Pusher
 from sqla_sync.signals import EVENT_NAMES, signal_for
 from sqla_sync.tables import outbox, shadow
+from sqla_sync.transport import Transport
 from tests.backend import article_routes
 from tests.conftest import FakeClock
 from tests.models import Article, Entry, Ledger, Remark
@@ -246,6 +251,38 @@ def test_out_of_retries_becomes_a_dead_letter(engine: Engine, server: BackendSer
     assert len(api_requests(server)) == 3
 
 
+def test_a_row_out_of_retries_holds_back_its_later_op_in_the_same_push(
+    engine: Engine, server: BackendServer, Sess: sessionmaker[Session], clock: FakeClock
+) -> None:
+    """An op that runs out of retries becomes a dead letter at once, and the
+    row's later op (captured while the last attempt was in flight) waits
+    behind it in that same push too, not only in the next one."""
+    server.faults.add(method="POST", path="/api/posts", action="status", status=502, times=-1)
+    with Sess() as s:
+        s.add(Article(id="a1", title="t"))
+        s.commit()
+
+    def body(item: dict[str, Any]) -> dict[str, Any]:
+        with Sess() as s:
+            s.get(Article, "a1").title = "edited"  # type: ignore[union-attr]
+            s.commit()
+        return item
+
+    routes = article_routes()
+    push = routes["articles"].routes.push
+    assert push is not None
+    patched = define_routes({"articles": Routes(
+        fields={"updated_at": "updatedAt"},
+        push=Push(create=Request("POST", "/api/posts", body=body), update=push.update,
+                  delete=push.delete))})
+    with make_engine(engine, server, clock, routes=patched,
+                     errors=Errors(max_retries=0)) as sync:
+        result = sync.push()
+        assert (result.pushed, result.dead_lettered) == (0, 1)
+        assert sync.queue_depth() == 1  # the edit waits behind the dead letter
+    assert [r["method"] for r in api_requests(server)] == ["POST"]
+
+
 def test_a_400_dead_letters_while_unrelated_ops_arrive(engine: Engine, server: BackendServer,
                                                        Sess: sessionmaker[Session],
                                                        clock: FakeClock) -> None:
@@ -366,6 +403,124 @@ def test_a_change_during_the_request_is_not_folded_or_overwritten(
         assert local.title == "edited while in flight"
         assert local.version == 2
     assert server_rows(server)["a1"]["title"] == "edited while in flight"
+
+
+def test_waves_overlap_yet_a_row_waits_for_its_earlier_op(
+    engine: Engine, server: BackendServer, Sess: sessionmaker[Session], clock: FakeClock
+) -> None:
+    """The next wave is claimed while one is sent; an op in flight still holds
+    back the later op of its row, which goes once its answer is recorded."""
+    with Sess() as s:
+        s.add_all([Article(id=f"a{i}", title="sent") for i in range(6)])
+        s.commit()
+    with engine.connect() as conn:
+        order = [json.loads(op.row_key)[0] for op in pending_ops(conn)]  # capture order
+    first, last, *_ = order
+    overlapped: list[bool] = []
+
+    def claimed(ids: list[str]) -> bool:
+        with engine.connect() as conn:
+            return all(op.claimed_at is not None for op in pending_ops(conn)
+                       if json.loads(op.row_key)[0] in ids)
+
+    def body(item: dict[str, Any]) -> dict[str, Any]:
+        if item["id"] == first:  # the user edits a row whose create is in flight
+            with Sess() as s:
+                s.get(Article, first).title = "edited"  # type: ignore[union-attr]
+                s.commit()
+        if item["id"] == last:  # wave 1's last request: wave 2 is claimed meanwhile
+            for _ in range(200):
+                if claimed(order[2:4]):
+                    break
+                time.sleep(0.05)
+            overlapped.append(claimed(order[2:4]))
+        return item
+
+    routes = article_routes()
+    push = routes["articles"].routes.push
+    assert push is not None
+    patched = define_routes({"articles": Routes(
+        fields={"updated_at": "updatedAt"},
+        push=Push(create=Request("POST", "/api/posts", body=body), update=push.update,
+                  delete=push.delete))})
+    with make_engine(engine, server, clock, routes=patched,
+                     sync=Schedule(push_batch_size=2, push_concurrency=1)) as sync:
+        assert sync.push().pushed == 7
+        assert sync.queue_depth() == 0
+    assert overlapped == [True]
+    sent = [(r["method"], r["body"]["id"], r["body"]["title"]) for r in api_requests(server)]
+    assert sent == [("POST", key, "sent") for key in order] + [("PUT", first, "edited")]
+    assert len({r["remote"] for r in api_requests(server)}) == 1  # one keep-alive connection
+    with Sess() as s:
+        assert s.get(Article, first).title == "edited"  # type: ignore[union-attr]
+
+
+@pytest.mark.parametrize("change", ["delete", "delete-created"])
+def test_a_change_folded_in_between_choosing_and_claiming_is_not_lost(
+    engine: Engine, server: BackendServer, Sess: sessionmaker[Session], clock: FakeClock,
+    monkeypatch: pytest.MonkeyPatch, change: str
+) -> None:
+    """The application commits between the moment a wave is chosen and its
+    claim, folding a delete into a chosen op: the claim reads the op again,
+    so the delete is sent (not taken for an update of a vanished row) and a
+    create cancelled meanwhile sends nothing."""
+    with Sess() as s:
+        s.add_all([Article(id="a1", title="t"), Article(id="a2", title="t")])
+        s.commit()
+    with make_engine(engine, server, clock) as sync:
+        if change == "delete":
+            assert sync.push().pushed == 2
+            with Sess() as s:
+                s.get(Article, "a1").title = "edited"  # type: ignore[union-attr]
+                s.commit()
+        chosen = Pusher._next_wave
+
+        def next_wave(self: Pusher, *args: Any) -> Any:
+            wave, held = chosen(self, *args)
+            with Sess() as s:
+                row = s.get(Article, "a1")
+                if row is not None and any(op.row_key == '["a1"]' for op in wave):
+                    s.delete(row)  # update + delete -> delete; insert + delete -> nothing
+                    s.commit()
+            return wave, held
+
+        monkeypatch.setattr(Pusher, "_next_wave", next_wave)
+        sync.push()
+        assert sync.queue_depth() == 0 and sync.dead_letters() == []
+    rows = server_rows(server)
+    if change == "delete":
+        assert rows["a1"]["deleted"] is True
+        assert [r["method"] for r in api_requests(server) if "a1" in r["path"]] == ["DELETE"]
+    else:
+        assert "a1" not in rows and rows["a2"]["title"] == "t"
+
+
+def test_the_environment_is_read_once_for_base_url(
+    engine: Engine, server: BackendServer, Sess: sessionmaker[Session], clock: FakeClock,
+    monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Proxies from the environment still apply (read once, not per request), and
+    so does NO_PROXY; a session the application passes in is left alone."""
+    with Sess() as s:
+        s.add(Article(id="a1", title="t"))
+        s.commit()
+    monkeypatch.setenv("HTTP_PROXY", "http://127.0.0.1:9")  # nothing listens there
+    monkeypatch.delenv("http_proxy", raising=False)
+    monkeypatch.setenv("NO_PROXY", "")
+    monkeypatch.delenv("no_proxy", raising=False)
+    with make_engine(engine, server, clock) as sync:
+        assert sync.push().failed == 1
+    with engine.connect() as conn:
+        [op] = pending_ops(conn)
+    assert "ProxyError" in (op.last_error or ""), op.last_error
+    monkeypatch.setenv("NO_PROXY", "127.0.0.1")
+    clock.advance(3600)
+    with make_engine(engine, server, clock) as sync:
+        assert sync.push().pushed == 1
+    own = requests.Session()
+    transport = Transport(server.url, session=own)
+    assert own.trust_env is True and transport.verify is True
+    own.close()
 
 
 def test_one_refresh_for_a_burst_of_401s(engine: Engine, server: BackendServer,
