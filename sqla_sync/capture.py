@@ -329,14 +329,15 @@ class _Capture:
             info = state.class_.__dict__.get("__sqla_sync_model__")
             if info is None:
                 continue
-            if info.read_only:
-                refuse_read_only(info)
             if batch is None:
                 batch = _Batch(self.clock())
             keyer = keyers.get(info)
             if keyer is None:
                 keyer = keyers[info] = _keyer(info)
             d = state.dict
+            if info.read_only and (isdelete or state.key is None
+                                   or _changed_mask(info, state.committed_state, d)):
+                refuse_read_only(info)  # added by a later before_flush listener
             if isdelete:
                 ident = state.key[1] if state.key is not None else _pk(info, d)
                 batch.add(info, keyer(ident), OP_DELETE, 0, dumps(info.encode_row(d)))

@@ -32,6 +32,10 @@ __all__ = ["ModelInfo", "Syncable", "model_info", "synced_models"]
 _MAX_BITS = 62
 
 _MODEL_ATTR = "__sqla_sync_model__"
+#: The synced models (their ModelInfo) that are read-only now (see
+#: ``ModelInfo.read_only``): while it is empty a tracked session's flush
+#: guard returns at once.
+READ_ONLY_MODELS: set[Any] = set()
 TRACKED_ATTR = "_sqla_sync_tracked"
 TRACKED_KEY = "sqla_sync.tracked"
 SUPPRESS_KEY = "sqla_sync.suppress"
@@ -50,6 +54,7 @@ class ModelInfo:
     __slots__ = (
         "_depth",
         "_parents",
+        "_read_only",
         "all_bits",
         "bits",
         "codecs",
@@ -61,7 +66,6 @@ class ModelInfo:
         "pk_bits",
         "pk_codecs",
         "pk_keys",
-        "read_only",
         "table",
         "table_name",
     )
@@ -108,10 +112,22 @@ class ModelInfo:
         # are looked up on first use (see :meth:`impl_for`).
         self.impls: dict[str, Any] = {}
         self._depth: int | None = None
-        #: Set by start_sync for a table with a pull route and no push route:
-        #: local writes are refused at flush.
-        self.read_only = False
+        self._read_only = False
         self._parents: list[tuple[str, tuple[str, ...]]] | None = None
+
+    @property
+    def read_only(self) -> bool:
+        """Set by start_sync for a table with a pull route and no push route:
+        local writes are refused at flush."""
+        return self._read_only
+
+    @read_only.setter
+    def read_only(self, value: bool) -> None:
+        self._read_only = value
+        if value:
+            READ_ONLY_MODELS.add(self)
+        else:
+            READ_ONLY_MODELS.discard(self)
 
     @property
     def depth(self) -> int:
@@ -252,27 +268,54 @@ def refuse_read_only(info: ModelInfo) -> None:
     )
 
 
-def _flush_guard(session: Any, flush_context: Any) -> None:
-    # One class-level after_flush listener on Session: a flush of an untracked
-    # session that wrote a synced model raises (the flush rolls back).  In a
-    # tracked session capture checks each model as it records it, so this
-    # returns after one lookup; per-object mapper events would cost a call per
-    # row in every flush instead.
-    if is_tracked(session) or session.info.get(SUPPRESS_KEY):
+def _refuse_untracked(cls: type[Any]) -> None:
+    raise UntrackedSessionError(
+        f"{cls.__name__} is Syncable but was written through a session that "
+        "sqla_sync does not track, so the change would never be synced; call "
+        "sqla_sync.track() on that session, its sessionmaker or its class first"
+    )
+
+
+def _before_flush_guard(session: Any, flush_context: Any, instances: Any) -> None:
+    # One class-level before_flush listener on Session, so that nothing is
+    # written yet when it raises (an AUTOCOMMIT connection would keep it): a
+    # synced row inserted, deleted or with a changed column, in a session that
+    # is not tracked or of a read-only model.  A tracked session returns after
+    # one lookup while no model is read-only; per-object mapper events would
+    # cost a call per row in every flush instead.
+    if session.info.get(SUPPRESS_KEY):
         return
-    for state, (_isdelete, listonly) in flush_context.states.items():
+    tracked = is_tracked(session)
+    if tracked and not READ_ONLY_MODELS:
+        return
+    for group, changed_only in ((session.new, False), (session.deleted, False),
+                                (session.dirty, True)):
+        for obj in group:
+            info = type(obj).__dict__.get(_MODEL_ATTR)
+            if info is None or (tracked and not info.read_only):
+                continue
+            if changed_only and not session.is_modified(obj, include_collections=False):
+                continue  # only a relationship collection changed: no row of it is written
+            if info.read_only:
+                refuse_read_only(info)
+            _refuse_untracked(type(obj))
+
+
+def _after_flush_guard(session: Any, flush_context: Any) -> None:
+    # The same check on what was flushed, for objects another before_flush
+    # listener added after ours ran: the flush then rolls back.
+    if session.info.get(SUPPRESS_KEY) or is_tracked(session):
+        return
+    for state, (isdelete, listonly) in flush_context.states.items():
         if listonly:
             continue
         info = state.class_.__dict__.get(_MODEL_ATTR)
         if info is None:
             continue
-        if info.read_only:
-            refuse_read_only(info)
-        raise UntrackedSessionError(
-            f"{state.class_.__name__} is Syncable but was written through a session that "
-            "sqla_sync does not track, so the change would never be synced; call "
-            "sqla_sync.track() on that session, its sessionmaker or its class first"
-        )
+        if isdelete or state.key is None or any(k in info.bits for k in state.committed_state):
+            if info.read_only:
+                refuse_read_only(info)
+            _refuse_untracked(state.class_)
 
 
 def _install_bulk_guard() -> None:
@@ -286,8 +329,9 @@ def _install_bulk_guard() -> None:
 
     if not event.contains(Session, "do_orm_execute", bulk_guard):
         event.listen(Session, "do_orm_execute", bulk_guard)
-    if not event.contains(Session, "after_flush", _flush_guard):
-        event.listen(Session, "after_flush", _flush_guard)
+    if not event.contains(Session, "before_flush", _before_flush_guard):
+        event.listen(Session, "before_flush", _before_flush_guard)
+        event.listen(Session, "after_flush", _after_flush_guard)
     # The legacy bulk methods emit no event at all: the only place to see
     # them is the method itself, wrapped once on Session (subclasses and
     # sessionmakers inherit it); the wrapper passes anything else through.

@@ -10,6 +10,7 @@ from sqlalchemy import Engine, delete, insert, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from sqla_sync import (
+    ReadOnlyTableError,
     UnsupportedStatementError,
     UntrackedSessionError,
     suppress_capture,
@@ -333,6 +334,53 @@ def test_untracked_session_is_refused(engine: Engine) -> None:
         s.commit()
     with engine.connect() as conn:
         assert conn.execute(select(Post)).all() == []
+
+
+def test_untracked_refusal_comes_before_anything_is_written(engine: Engine) -> None:
+    """On an AUTOCOMMIT connection nothing would roll a written row back: the
+    refusal must come before the INSERT, and so must a read-only refusal."""
+    autocommit = engine.execution_options(isolation_level="AUTOCOMMIT")
+    with Session(autocommit) as s:
+        s.add(Post(id="u1", title="t"))
+        with pytest.raises(UntrackedSessionError, match="track"):
+            s.commit()
+    maker = track(sessionmaker(autocommit))
+    info = model_info(Post)
+    assert info is not None
+    info.read_only = True
+    try:
+        with maker() as s:
+            s.add(Post(id="r1", title="t"))
+            with pytest.raises(ReadOnlyTableError, match="read-only"):
+                s.commit()
+    finally:
+        info.read_only = False
+        untrack(maker)
+    with engine.connect() as conn:
+        assert conn.execute(select(Post)).all() == []
+    assert ops(engine) == []
+
+
+def test_a_read_only_parent_whose_collection_changes_is_not_written(
+        engine: Engine, Sess: sessionmaker[Session]) -> None:
+    with Sess() as s:
+        s.add(Post(id="p1", title="t"))
+        s.commit()
+    info = model_info(Post)
+    assert info is not None
+    info.read_only = True
+    try:
+        with Sess() as s:
+            post = s.get(Post, "p1")
+            assert post is not None
+            post.comments.append(Comment(id="c1", content="hi"))  # writes comments only
+            s.commit()
+            post.title = "changed"
+            with pytest.raises(ReadOnlyTableError, match="read-only"):
+                s.commit()
+    finally:
+        info.read_only = False
+    assert summary(engine) == [("posts", "p1", "insert", []), ("comments", "c1", "insert", [])]
 
 
 def test_untrack_restores_refusal_and_track_is_idempotent(engine: Engine,
