@@ -228,6 +228,10 @@ def counting_ddl(
 
 def _counting(conn: Connection, drop: bool) -> None:
     schema = conn.schema_for_object(outbox)
+    if schema is None and conn.dialect.name == "postgresql":
+        # The trigger function runs under the writer's search_path, which
+        # need not be the one the tables were created under: name the schema.
+        schema = conn.exec_driver_sql("SELECT current_schema()").scalar_one()
     preparer = conn.dialect.identifier_preparer
     create, remove = counting_ddl(conn.dialect.name, schema, preparer.quote)
     for statement in remove if drop else create:

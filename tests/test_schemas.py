@@ -17,7 +17,8 @@ from sqla_sync import Schedule, SyncConfig, start_sync, track, untrack
 from sqla_sync.outbox import pending_ops, queue_depth
 from sqla_sync.tables import metadata as sync_metadata
 from sqla_sync.tables import outbox, shadow
-from tests.conftest import reset_schema
+from sqla_sync.capture import write_ops
+from tests.conftest import make_engine, reset_schema
 from tests.models import Article, Base
 from tests.test_engine import routes
 
@@ -90,3 +91,27 @@ def test_capture_push_and_pull_stay_in_the_mapped_schema(engine: Engine, tenant:
             assert s.scalars(select(Article)).all() == []
     finally:
         untrack(maker)
+
+
+def test_postgresql_counting_follows_the_outbox_not_the_search_path(tmp_path: Path) -> None:
+    """Tables created under ``search_path=<tenant>`` (an alembic-per-tenant
+    set-up), written by an application that maps the schema instead: the
+    trigger must count into the tenant's counters, whatever the writer's
+    search_path."""
+    engine = make_engine("postgresql", tmp_path)
+    with engine.begin() as conn:
+        conn.execute(text(f"DROP SCHEMA IF EXISTS {TENANT} CASCADE"))
+        conn.execute(text(f"CREATE SCHEMA {TENANT}"))
+        conn.execute(text(f"SET LOCAL search_path = {TENANT}"))
+        sync_metadata.create_all(conn)
+    mapped = engine.execution_options(schema_translate_map={None: TENANT})
+    try:
+        with mapped.begin() as conn:
+            write_ops(conn, [("posts", f'["p{i}"]', "insert", 1, None, 1.0, 1.0)
+                             for i in range(3)])
+        with mapped.connect() as conn:
+            assert queue_depth(conn) == len(pending_ops(conn)) == 3
+    finally:
+        with engine.begin() as conn:
+            conn.execute(text(f"DROP SCHEMA IF EXISTS {TENANT} CASCADE"))
+        engine.dispose()

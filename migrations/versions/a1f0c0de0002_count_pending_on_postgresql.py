@@ -23,7 +23,9 @@ down_revision: str | Sequence[str] | None = "a1f0c0de0001"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
-# As ``sqla_sync.tables.counting_ddl("postgresql")`` at this revision.
+# As ``sqla_sync.tables.counting_ddl("postgresql", schema)`` at this revision:
+# every name qualified with the schema the outbox is in, because the trigger
+# function runs under the writer's search_path.
 _BODY = (
     "DECLARE delta bigint; BEGIN "
     "IF TG_OP = 'INSERT' THEN "
@@ -33,31 +35,38 @@ _BODY = (
     "ELSE delta := (NEW.status = 'pending')::int - (OLD.status = 'pending')::int; "
     "END IF; "
     "IF delta <> 0 THEN "
-    "INSERT INTO sqla_sync_counters AS c (slot, pending) VALUES (pg_backend_pid(), delta) "
+    "INSERT INTO {s}.sqla_sync_counters AS c (slot, pending) VALUES (pg_backend_pid(), delta) "
     "ON CONFLICT (slot) DO UPDATE SET pending = c.pending + EXCLUDED.pending; "
     "END IF; RETURN NULL; END"
 )
 
 _CREATE = [
-    "CREATE FUNCTION sqla_sync_count_pending() RETURNS trigger LANGUAGE plpgsql "
+    "CREATE FUNCTION {s}.sqla_sync_count_pending() RETURNS trigger LANGUAGE plpgsql "
     f"AS $$ {_BODY} $$",
-    "CREATE TRIGGER sqla_sync_outbox_insert AFTER INSERT ON sqla_sync_outbox "
+    "CREATE TRIGGER sqla_sync_outbox_insert AFTER INSERT ON {s}.sqla_sync_outbox "
     "REFERENCING NEW TABLE AS new_ops FOR EACH STATEMENT "
-    "EXECUTE FUNCTION sqla_sync_count_pending()",
-    "CREATE TRIGGER sqla_sync_outbox_delete AFTER DELETE ON sqla_sync_outbox "
+    "EXECUTE FUNCTION {s}.sqla_sync_count_pending()",
+    "CREATE TRIGGER sqla_sync_outbox_delete AFTER DELETE ON {s}.sqla_sync_outbox "
     "REFERENCING OLD TABLE AS old_ops FOR EACH STATEMENT "
-    "EXECUTE FUNCTION sqla_sync_count_pending()",
-    "CREATE TRIGGER sqla_sync_outbox_status AFTER UPDATE ON sqla_sync_outbox FOR EACH ROW "
+    "EXECUTE FUNCTION {s}.sqla_sync_count_pending()",
+    "CREATE TRIGGER sqla_sync_outbox_status AFTER UPDATE ON {s}.sqla_sync_outbox FOR EACH ROW "
     "WHEN (OLD.status IS DISTINCT FROM NEW.status) "
-    "EXECUTE FUNCTION sqla_sync_count_pending()",
+    "EXECUTE FUNCTION {s}.sqla_sync_count_pending()",
 ]
 
 _DROP = [
-    "DROP TRIGGER IF EXISTS sqla_sync_outbox_status ON sqla_sync_outbox",
-    "DROP TRIGGER IF EXISTS sqla_sync_outbox_delete ON sqla_sync_outbox",
-    "DROP TRIGGER IF EXISTS sqla_sync_outbox_insert ON sqla_sync_outbox",
-    "DROP FUNCTION IF EXISTS sqla_sync_count_pending()",
+    "DROP TRIGGER IF EXISTS sqla_sync_outbox_status ON {s}.sqla_sync_outbox",
+    "DROP TRIGGER IF EXISTS sqla_sync_outbox_delete ON {s}.sqla_sync_outbox",
+    "DROP TRIGGER IF EXISTS sqla_sync_outbox_insert ON {s}.sqla_sync_outbox",
+    "DROP FUNCTION IF EXISTS {s}.sqla_sync_count_pending()",
 ]
+
+
+def _schema() -> str:
+    """The quoted schema unqualified names resolve to now (the outbox's)."""
+    bind = op.get_bind()
+    name = bind.exec_driver_sql("SELECT current_schema()").scalar_one()
+    return str(bind.dialect.identifier_preparer.quote_schema(name))
 
 
 def upgrade() -> None:
@@ -65,8 +74,9 @@ def upgrade() -> None:
         return
     # Writers wait until the triggers and the starting count are in place.
     op.execute("LOCK TABLE sqla_sync_outbox IN SHARE ROW EXCLUSIVE MODE")
+    schema = _schema()
     for statement in _CREATE:
-        op.execute(statement)
+        op.execute(statement.replace("{s}", schema))
     op.execute("DELETE FROM sqla_sync_counters")
     op.execute(
         "INSERT INTO sqla_sync_counters (slot, pending) "
@@ -77,6 +87,7 @@ def upgrade() -> None:
 def downgrade() -> None:
     if op.get_bind().dialect.name != "postgresql":
         return
+    schema = _schema()
     for statement in _DROP:
-        op.execute(statement)
+        op.execute(statement.replace("{s}", schema))
     op.execute("DELETE FROM sqla_sync_counters")
