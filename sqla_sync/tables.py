@@ -31,6 +31,9 @@ from sqlalchemy import (
     Table,
     Text,
     event,
+    func,
+    literal,
+    select,
     text,
 )
 from sqlalchemy.engine import Connection
@@ -248,20 +251,61 @@ def _remove_counting(target: Table, connection: Connection, **kw: Any) -> None:
     _counting(connection, drop=True)
 
 
+def _has_counting(conn: Connection, schema: str | None) -> bool:
+    if conn.dialect.name == "postgresql":
+        sql = ("SELECT count(*) FROM pg_trigger t JOIN pg_class c ON c.oid = t.tgrelid "
+               "JOIN pg_namespace n ON n.oid = c.relnamespace "
+               "WHERE t.tgname = 'sqla_sync_outbox_insert' AND c.relname = 'sqla_sync_outbox' "
+               "AND n.nspname = coalesce(%(schema)s, current_schema())")
+        found = conn.exec_driver_sql(sql, {"schema": schema}).scalar_one()
+    else:
+        sql = ("SELECT count(*) FROM information_schema.TRIGGERS "
+               "WHERE TRIGGER_NAME = 'sqla_sync_outbox_insert' "
+               "AND TRIGGER_SCHEMA = coalesce(%(schema)s, DATABASE())")
+        found = conn.exec_driver_sql(sql, {"schema": schema}).scalar_one()
+    return bool(found)
+
+
+def _ensure_counting(conn: Connection) -> None:
+    """Install the counting triggers on an outbox created without them (by a
+    version of the library that had none for this dialect), and start the
+    counters from the ops already pending."""
+    if conn.dialect.name not in ("postgresql", "mysql", "mariadb"):
+        return
+    schema = conn.schema_for_object(outbox)
+    if _has_counting(conn, schema):
+        return
+    quote = conn.dialect.identifier_preparer.quote
+    box = quote(outbox.name) if schema is None else f"{quote(schema)}.{quote(outbox.name)}"
+    if conn.dialect.name == "postgresql":
+        # Writers wait until the triggers and the starting count are in place.
+        conn.exec_driver_sql(f"LOCK TABLE {box} IN SHARE ROW EXCLUSIVE MODE")
+    _counting(conn, drop=False)
+    conn.execute(counters.delete())
+    conn.execute(counters.insert().from_select(
+        ["slot", "pending"],
+        select(literal(0), func.count()).select_from(outbox)
+        .where(outbox.c.status == STATUS_PENDING)))
+
+
 def create_tables(bind: Engine | Connection) -> None:
     """Create the sync tables that do not exist yet.
 
     A quick start for scripts and tests; applications with alembic should run
     the ``sqla_sync`` revision branch instead, so that later schema changes of
-    the library arrive as migrations.
+    the library arrive as migrations.  An outbox created before the library
+    kept its queue depth by triggers on this database gets them now, counting
+    from the ops already pending.
 
     :param bind: the engine or connection of the application's database.
     """
     if isinstance(bind, Connection):
         metadata.create_all(bind)
+        _ensure_counting(bind)
     else:
         with bind.begin() as conn:
             metadata.create_all(conn)
+            _ensure_counting(conn)
 
 
 def drop_tables(bind: Engine | Connection) -> None:

@@ -6,7 +6,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from sqlalchemy import Engine, delete, insert, select, update
+from sqlalchemy import Engine, delete, insert, select, text, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from sqla_sync import (
@@ -29,7 +29,7 @@ from sqla_sync.outbox import (
     queue_depth,
     revive,
 )
-from sqla_sync.tables import counters, outbox
+from sqla_sync.tables import counters, counting_ddl, create_tables, outbox
 from tests.conftest import FakeClock, StatementCounter
 from tests.models import Comment, Local, Post, Tenanted
 
@@ -535,3 +535,23 @@ def test_folding_the_counters_keeps_the_depth_and_skips_writers_in_flight(
     finally:
         for conn in sessions:
             conn.close()
+
+
+def test_create_tables_gives_an_outbox_without_counting_its_triggers(engine: Engine) -> None:
+    """An outbox created by a version without the queue-depth triggers (on
+    PostgreSQL they came later) gets them from create_tables, counting from
+    the ops already there."""
+    with engine.begin() as conn:
+        _, drop = counting_ddl(engine.dialect.name, conn.execute(
+            text("SELECT current_schema()")).scalar_one()
+            if engine.dialect.name == "postgresql" else None)
+        for statement in drop:
+            conn.exec_driver_sql(statement)
+        _insert_ops(conn, "a", "b", "c")
+        conn.execute(delete(counters))
+    create_tables(engine)
+    with engine.begin() as conn:
+        _insert_ops(conn, "d")
+        conn.execute(delete(outbox).where(outbox.c.row_key == '["a"]'))
+    with engine.connect() as conn:
+        assert queue_depth(conn) == len(pending_ops(conn)) == 3
