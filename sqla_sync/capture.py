@@ -43,6 +43,7 @@ from sqlalchemy import (
     select,
     tuple_,
 )
+from sqlalchemy import inspect as sa_inspect
 from sqlalchemy import types as sqltypes
 from sqlalchemy.dialects import mysql, postgresql, sqlite
 from sqlalchemy.engine import Connection
@@ -622,8 +623,10 @@ def legacy_bulk_guard(session: Session, method: str, target: Any) -> None:
         return
     if method == "bulk_save_objects":
         classes = {type(obj) for obj in target}
-    else:
-        classes = {getattr(target, "class_", target)}
+    else:  # a class, a Mapper, aliased() or with_polymorphic()
+        found = sa_inspect(target, raiseerr=False)
+        mapper = getattr(found, "mapper", None)
+        classes = {mapper.class_ if mapper is not None else target}
     for cls in classes:
         info = model_info(cls)
         if info is None:

@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 from sqlalchemy import Engine, delete, insert, select, text, update
-from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy.orm import Session, aliased, sessionmaker
 
 from sqla_sync import (
     ReadOnlyTableError,
@@ -306,6 +306,8 @@ def test_legacy_bulk_methods_are_refused_for_synced_models(
             s.bulk_insert_mappings(Post, [{"id": "p3", "title": "t"}])
         with pytest.raises(UnsupportedStatementError, match=r"update\(Post\)"):
             s.bulk_update_mappings(model_info(Post).mapper, [{"id": "p0", "title": "x"}])
+        with pytest.raises(UnsupportedStatementError, match=r"insert\(Post\)"):
+            s.bulk_insert_mappings(aliased(Post), [{"id": "p4", "title": "t"}])
         # Models that are not synced pass through, generators included.
         s.bulk_save_objects(Local(id=i, text="t") for i in range(1, 3))
         s.bulk_insert_mappings(Local, [{"id": 5, "text": "t"}])
