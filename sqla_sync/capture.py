@@ -212,7 +212,8 @@ def _driver_upsert(
     return str(compiled), tuple(positions) if positions is not None else None
 
 
-def write_ops(connection: Connection, rows: Sequence[tuple[Any, ...]]) -> None:
+def write_ops(connection: Connection, rows: Sequence[tuple[Any, ...]],
+              schemas: Mapping[str | None, str | None] | None = None) -> None:
     """Fold ``rows`` (tuples in :data:`OP_COLUMNS` order, one per row key) into
     the outbox.
 
@@ -221,18 +222,24 @@ def write_ops(connection: Connection, rows: Sequence[tuple[Any, ...]]) -> None:
     have cancelled a pending insert; on PostgreSQL each of the two is one
     statement over arrays instead (see :func:`_pg_upsert_statement`).  Runs on
     the caller's connection, so the ops belong to the caller's transaction.
+
+    :param schemas: a ``schema_translate_map`` given to one statement, which
+        overrides the connection's (None: the connection's own).
     """
     if not rows:
         return
+    options = {} if schemas is None else {"schema_translate_map": schemas}
     if connection.dialect.name == "postgresql":
         arrays = {f"a{i}": list(column) for i, column in enumerate(zip(*rows))}
-        connection.execute(_pg_upsert, arrays)
+        connection.execute(_pg_upsert, arrays, execution_options=options)
         deleted = [(r[0], r[1]) for r in rows if r[2] == OP_DELETE]
         if deleted:
             tables, keys = zip(*deleted)
-            connection.execute(_pg_cleanup, {"t": list(tables), "k": list(keys)})
+            connection.execute(_pg_cleanup, {"t": list(tables), "k": list(keys)},
+                               execution_options=options)
         return
-    schemas = connection.get_execution_options().get("schema_translate_map")
+    if schemas is None:
+        schemas = connection.get_execution_options().get("schema_translate_map")
     sql, positions = _driver_upsert(connection.dialect,
                                     tuple(schemas.items()) if schemas else None)
     if positions is None:
@@ -245,7 +252,7 @@ def write_ops(connection: Connection, rows: Sequence[tuple[Any, ...]]) -> None:
     connection.exec_driver_sql(sql, params)
     gone = [{"t": r[0], "k": r[1]} for r in rows if r[2] == OP_DELETE]
     if gone:
-        connection.execute(_cleanup, gone)
+        connection.execute(_cleanup, gone, execution_options=options)
 
 
 class _Batch:
@@ -456,16 +463,18 @@ def _changed_mask(info: ModelInfo, committed: Mapping[str, Any], d: Mapping[str,
     return mask
 
 
-def _write_batch(session: Session, batch: _Batch) -> None:
+def _write_batch(session: Session, batch: _Batch,
+                 schemas: Mapping[str | None, str | None] | None = None) -> None:
     tables = session.info.setdefault(_TABLES_KEY, set())
     binds = {session.connection(bind_arguments={"mapper": info.mapper}) for info in batch.ops}
     if len(binds) == 1:
-        write_ops(binds.pop(), batch.params())
+        write_ops(binds.pop(), batch.params(), schemas)
     else:  # models on several databases: each gets its own ops
         for info in batch.ops:
             part = _Batch(batch.now)
             part.ops[info] = batch.ops[info]
-            write_ops(session.connection(bind_arguments={"mapper": info.mapper}), part.params())
+            write_ops(session.connection(bind_arguments={"mapper": info.mapper}), part.params(),
+                      schemas)
     tables.update(info.table_name for info in batch.ops)
 
 
@@ -483,6 +492,10 @@ def _capture_statement(capture: _Capture, state: ORMExecuteState, info: ModelInf
     batch = _Batch(capture.clock())
     connection = session.connection(bind_arguments={"mapper": info.mapper})
     name = info.mapper.class_.__name__
+    # A schema_translate_map given to this statement (not the engine) moves
+    # its rows: the key pre-select and the ops follow it.
+    schemas = state.execution_options.get("schema_translate_map")
+    options = {} if schemas is None else {"schema_translate_map": schemas}
 
     if state.is_insert:
         assert isinstance(statement, Insert)
@@ -538,7 +551,7 @@ def _capture_statement(capture: _Capture, state: ORMExecuteState, info: ModelInf
         pre = select(*cols)
         if where is not None:
             pre = pre.where(where)
-        found = connection.execute(pre.with_for_update()).all()
+        found = connection.execute(pre.with_for_update(), execution_options=options).all()
         if state.is_delete:
             targets = []
             for found_row in found:
@@ -555,7 +568,7 @@ def _capture_statement(capture: _Capture, state: ORMExecuteState, info: ModelInf
                 for found_row in found:
                     batch.add(info, info.encode_key(found_row), OP_UPDATE, mask, None)
     if batch.ops:
-        _write_batch(session, batch)
+        _write_batch(session, batch, schemas)
     return result
 
 

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import Engine, event, select, text
+from sqlalchemy import Engine, delete, event, insert, select, text, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from examples.server.run import BackendServer
@@ -89,6 +89,28 @@ def test_capture_push_and_pull_stay_in_the_mapped_schema(engine: Engine, tenant:
         assert rows_of(engine, shadow) == [] and rows_of(engine, outbox) == []
         with Session(engine) as s:
             assert s.scalars(select(Article)).all() == []
+    finally:
+        untrack(maker)
+
+
+def test_a_statement_s_own_schema_translate_map_moves_its_ops(
+        engine: Engine, tenant: Engine) -> None:
+    maker = track(sessionmaker(engine))
+    to_tenant = {"schema_translate_map": {None: TENANT}}
+    try:
+        with maker() as s:
+            s.execute(insert(Article), [{"id": "a1", "title": "t"}, {"id": "a2", "title": "t"}],
+                      execution_options=to_tenant)
+            s.commit()
+        with tenant.begin() as conn:
+            conn.execute(delete(outbox))
+        with maker() as s:
+            s.execute(update(Article).where(Article.id == "a1").values(title="u"),
+                      execution_options=to_tenant)
+            s.commit()
+        with tenant.connect() as conn:
+            assert [(op.row_key, op.op) for op in pending_ops(conn)] == [('["a1"]', "update")]
+        assert rows_of(engine, outbox) == []
     finally:
         untrack(maker)
 
