@@ -184,8 +184,8 @@ _pg_keys = func.unnest(
 ).table_valued("t", "k").render_derived()
 _pg_cleanup = outbox.delete().where(
     tuple_(outbox.c.table_name, outbox.c.row_key).in_(select(_pg_keys.c.t, _pg_keys.c.k)),
-    outbox.c.lane == 0,
-    outbox.c.op == _NONE,
+    outbox.c.lane == literal_column("0"),
+    outbox.c.op == literal_column(f"'{_NONE}'"),
 )
 
 
@@ -198,6 +198,14 @@ _cleanup = outbox.delete().where(
 
 
 
+def _compile(stmt: Any, dialect: Any, schemas: tuple[tuple[str | None, str | None], ...] | None
+             ) -> tuple[str, tuple[str, ...] | None]:
+    compiled = stmt.compile(dialect=dialect, schema_translate_map=dict(schemas or ()),
+                            render_schema_translate=bool(schemas))
+    positions = compiled.positiontup
+    return str(compiled), tuple(positions) if positions is not None else None
+
+
 @lru_cache(maxsize=32)
 def _driver_upsert(
     dialect: Any, schemas: tuple[tuple[str | None, str | None], ...] | None
@@ -206,10 +214,21 @@ def _driver_upsert(
     ``schema_translate_map`` (as items), and the order of its positional
     parameters (None for a named paramstyle)."""
     stmt = _upsert(dialect.name).values({name: bindparam(name) for name in OP_COLUMNS})
-    compiled = stmt.compile(dialect=dialect, schema_translate_map=dict(schemas or ()),
-                            render_schema_translate=bool(schemas))
-    positions = compiled.positiontup
-    return str(compiled), tuple(positions) if positions is not None else None
+    return _compile(stmt, dialect, schemas)
+
+
+@lru_cache(maxsize=32)
+def _driver_pg(
+    dialect: Any, schemas: tuple[tuple[str | None, str | None], ...] | None
+) -> tuple[tuple[str, tuple[str, ...] | None], tuple[str, tuple[str, ...] | None]]:
+    """PostgreSQL: the array upsert and the array cleanup as the driver's SQL
+    (see :func:`_driver_upsert`); the driver adapts the lists to arrays, so
+    no Core parameter processing runs per flush."""
+    return _compile(_pg_upsert, dialect, schemas), _compile(_pg_cleanup, dialect, schemas)
+
+
+def _driver_params(values: dict[str, Any], positions: tuple[str, ...] | None) -> Any:
+    return values if positions is None else tuple(values[name] for name in positions)
 
 
 def write_ops(connection: Connection, rows: Sequence[tuple[Any, ...]],
@@ -229,19 +248,20 @@ def write_ops(connection: Connection, rows: Sequence[tuple[Any, ...]],
     if not rows:
         return
     options = {} if schemas is None else {"schema_translate_map": schemas}
+    if schemas is None:
+        schemas = connection.get_execution_options().get("schema_translate_map")
+    schema_items = tuple(schemas.items()) if schemas else None
     if connection.dialect.name == "postgresql":
+        (upsert, upsert_at), (cleanup, cleanup_at) = _driver_pg(connection.dialect, schema_items)
         arrays = {f"a{i}": list(column) for i, column in enumerate(zip(*rows))}
-        connection.execute(_pg_upsert, arrays, execution_options=options)
+        connection.exec_driver_sql(upsert, _driver_params(arrays, upsert_at))
         deleted = [(r[0], r[1]) for r in rows if r[2] == OP_DELETE]
         if deleted:
             tables, keys = zip(*deleted)
-            connection.execute(_pg_cleanup, {"t": list(tables), "k": list(keys)},
-                               execution_options=options)
+            connection.exec_driver_sql(
+                cleanup, _driver_params({"t": list(tables), "k": list(keys)}, cleanup_at))
         return
-    if schemas is None:
-        schemas = connection.get_execution_options().get("schema_translate_map")
-    sql, positions = _driver_upsert(connection.dialect,
-                                    tuple(schemas.items()) if schemas else None)
+    sql, positions = _driver_upsert(connection.dialect, schema_items)
     if positions is None:
         params: list[Any] = [dict(zip(OP_COLUMNS, row)) for row in rows]
     elif positions == OP_COLUMNS:
