@@ -251,6 +251,24 @@ def test_out_of_retries_becomes_a_dead_letter(engine: Engine, server: BackendSer
     assert len(api_requests(server)) == 3
 
 
+def editing_during_create(Sess: sessionmaker[Session], title: str) -> Any:
+    """The article routes with a create body hook that, after the op was
+    claimed and before the request goes out, sets article a1's title: the
+    user editing the row while its create is in flight."""
+    def body(item: dict[str, Any]) -> dict[str, Any]:
+        with Sess() as s:
+            s.get(Article, "a1").title = title  # type: ignore[union-attr]
+            s.commit()
+        return item
+
+    push = article_routes()["articles"].routes.push
+    assert push is not None
+    return define_routes({"articles": Routes(
+        fields={"updated_at": "updatedAt"},
+        push=Push(create=Request("POST", "/api/posts", body=body), update=push.update,
+                  delete=push.delete))})
+
+
 def test_a_row_out_of_retries_holds_back_its_later_op_in_the_same_push(
     engine: Engine, server: BackendServer, Sess: sessionmaker[Session], clock: FakeClock
 ) -> None:
@@ -262,19 +280,7 @@ def test_a_row_out_of_retries_holds_back_its_later_op_in_the_same_push(
         s.add(Article(id="a1", title="t"))
         s.commit()
 
-    def body(item: dict[str, Any]) -> dict[str, Any]:
-        with Sess() as s:
-            s.get(Article, "a1").title = "edited"  # type: ignore[union-attr]
-            s.commit()
-        return item
-
-    routes = article_routes()
-    push = routes["articles"].routes.push
-    assert push is not None
-    patched = define_routes({"articles": Routes(
-        fields={"updated_at": "updatedAt"},
-        push=Push(create=Request("POST", "/api/posts", body=body), update=push.update,
-                  delete=push.delete))})
+    patched = editing_during_create(Sess, "edited")
     with make_engine(engine, server, clock, routes=patched,
                      errors=Errors(max_retries=0)) as sync:
         result = sync.push()
@@ -377,20 +383,7 @@ def test_a_change_during_the_request_is_not_folded_or_overwritten(
         s.add(Article(id="a1", title="sent"))
         s.commit()
 
-    def body(item: dict[str, Any]) -> dict[str, Any]:
-        # Runs after the op was claimed: the user edits the row meanwhile.
-        with Sess() as s:
-            s.get(Article, "a1").title = "edited while in flight"  # type: ignore[union-attr]
-            s.commit()
-        return item
-
-    routes = article_routes()
-    push = routes["articles"].routes.push
-    assert push is not None
-    patched = define_routes({"articles": Routes(
-        fields={"updated_at": "updatedAt"},
-        push=Push(create=Request("POST", "/api/posts", body=body), update=push.update,
-                  delete=push.delete))})
+    patched = editing_during_create(Sess, "edited while in flight")
     with make_engine(engine, server, clock, routes=patched) as sync:
         # The edit became an op of its own, sent after the create's answer.
         assert sync.push().pushed == 2
