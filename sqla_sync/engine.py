@@ -313,8 +313,12 @@ class SyncEngine:
         # The queue depth sums one counter row per database session that wrote
         # the outbox; fold past sessions' rows so the sum stays a handful.
         try:
-            with self.db.begin() as conn:
-                ob.fold_counters(conn)
+            with self.db.connect() as conn:
+                # READ COMMITTED: on MySQL/MariaDB no gap lock that would make a
+                # new connection's first counter row wait for the fold.
+                conn.execution_options(isolation_level="READ COMMITTED")
+                with conn.begin():
+                    ob.fold_counters(conn)
         except Exception as exc:  # only a cost, never a loss: try again next push
             log.warning("queue-depth counters could not be folded: %s", exc)
 

@@ -169,8 +169,10 @@ def fold_counters(conn: Connection) -> int:
     Rows that a transaction in flight holds are skipped (``FOR UPDATE SKIP
     LOCKED``): folding never waits for, nor blocks, a writer.  A no-op on
     SQLite (no counters) and on servers without SKIP LOCKED (MySQL before 8,
-    MariaDB before 10.6).  Call it in a transaction of its own; the sync
-    engine does after each push.
+    MariaDB before 10.6).  Call it in a transaction of its own, under READ
+    COMMITTED on MySQL/MariaDB: under REPEATABLE READ its locking read also
+    takes gap locks, and a connection writing its first op waits until the
+    fold commits.  The sync engine does so after each push.
 
     :return: how many rows were folded.
     """
