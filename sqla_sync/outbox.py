@@ -1,9 +1,11 @@
 """The read side of the outbox: pending ops in order, queue depth, oldest age.
 
 Every query here is served by an index of ``sqla_sync_outbox`` (``(status,
-id)`` for order and age; ``(table_name, row_key, lane)`` for the ops of one
-row) or by the trigger-kept ``sqla_sync_counters`` (queue depth on
-PostgreSQL and MySQL/MariaDB), so they stay cheap with a million pending ops.
+id)`` for order and age, which on SQLite holds dead letters only, pending ops
+being read in the order of the table's rowid; ``(table_name, row_key, lane)``
+for the ops of one row) or by the trigger-kept ``sqla_sync_counters`` (queue
+depth on PostgreSQL and MySQL/MariaDB), so they stay cheap with a million
+pending ops.
 """
 
 from __future__ import annotations
@@ -13,12 +15,16 @@ import uuid
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
-from sqlalchemy import BigInteger, bindparam, delete, func, or_, select, update
+from sqlalchemy import BigInteger, bindparam, delete, func, literal_column, select, update
 from sqlalchemy.dialects import mysql, postgresql
 from sqlalchemy.engine import Connection, Row
 
 from .codec import dumps, loads
 from .tables import STATUS_DEAD, STATUS_PENDING, counters, outbox
+
+#: Dead letters, with the status as a literal: SQLite uses a partial index
+#: only for a query whose WHERE names the index's own condition.
+_DEAD = outbox.c.status == literal_column(f"'{STATUS_DEAD}'")
 
 __all__ = [
     "DeadLetter",
@@ -144,18 +150,13 @@ def queue_depth(conn: Connection) -> int:
     Exact.  On PostgreSQL and MySQL/MariaDB the sum of the trigger-kept
     ``sqla_sync_counters`` rows (one per database session that changed the
     outbox since the last :func:`fold_counters`); on SQLite every op minus
-    those not pending, because SQLite counts a whole index without reading
-    its entries, and the ops not pending are few.
+    the dead letters (the only ops not pending), because SQLite counts a
+    whole table without reading its rows, and the dead letters are few.
     """
     if conn.dialect.name == "sqlite":
         total = select(func.count()).select_from(outbox).scalar_subquery()
-        others = (
-            select(func.count())
-            .select_from(outbox)
-            .where(or_(outbox.c.status < STATUS_PENDING, outbox.c.status > STATUS_PENDING))
-            .scalar_subquery()
-        )
-        stmt = select(total - others)
+        dead = select(func.count()).select_from(outbox).where(_DEAD).scalar_subquery()
+        stmt = select(total - dead)
     else:
         stmt = select(func.coalesce(func.sum(counters.c.pending), 0))
     return int(conn.execute(stmt).scalar_one())
@@ -207,7 +208,7 @@ def fold_counters(conn: Connection) -> int:
 
 def dead_letter_count(conn: Connection) -> int:
     """How many ops were given up on and wait for ``retry_dead_letter``."""
-    stmt = select(func.count()).select_from(outbox).where(outbox.c.status == STATUS_DEAD)
+    stmt = select(func.count()).select_from(outbox).where(_DEAD)
     return int(conn.execute(stmt).scalar_one())
 
 
@@ -340,13 +341,13 @@ def release(conn: Connection, ids: Iterable[int]) -> None:
 
 def dead_rows(conn: Connection) -> set[tuple[str, str]]:
     """(table, row key) of every row with a dead letter: their later ops wait."""
-    stmt = select(outbox.c.table_name, outbox.c.row_key).where(outbox.c.status == STATUS_DEAD)
+    stmt = select(outbox.c.table_name, outbox.c.row_key).where(_DEAD)
     return {(t, k) for t, k in conn.execute(stmt)}
 
 
 def dead_letters(conn: Connection) -> list[DeadLetter]:
     """Every dead letter, oldest first."""
-    stmt = select(outbox).where(outbox.c.status == STATUS_DEAD).order_by(outbox.c.id)
+    stmt = select(outbox).where(_DEAD).order_by(outbox.c.id)
     result = []
     for row in conn.execute(stmt).mappings():
         fields = _error_fields(row["last_error"])

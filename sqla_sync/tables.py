@@ -101,7 +101,11 @@ outbox = Table(
     # Set when a push claims the op (its lane is then its id), cleared on release.
     Column("claimed_at", Double, nullable=True),
     Index(None, "table_name", "row_key", "lane", unique=True),
-    Index(None, "status", "id"),
+    # Dead letters by id.  On SQLite only them (pending ops are read in order
+    # of the table's own rowid): a commit of new ops then writes no page of
+    # this index.  MySQL/MariaDB have no partial index; there, and on
+    # PostgreSQL, it also serves pending ops in order.
+    Index(None, "status", "id", sqlite_where=text(f"status = '{STATUS_DEAD}'")),
 )
 
 #: Pending-op counts kept by triggers on PostgreSQL and MySQL/MariaDB, where
@@ -288,6 +292,24 @@ def _ensure_counting(conn: Connection) -> None:
         .where(outbox.c.status == STATUS_PENDING)))
 
 
+def _ensure_dead_index(conn: Connection) -> None:
+    """SQLite: make an outbox's ``(status, id)`` index, created by a version
+    of the library that indexed every op by status, hold only dead letters."""
+    if conn.dialect.name != "sqlite":
+        return
+    index = next(i for i in outbox.indexes if [c.name for c in i.columns] == ["status", "id"])
+    schema = conn.schema_for_object(outbox)
+    master = "sqlite_master" if schema is None else (
+        f"{conn.dialect.identifier_preparer.quote_schema(schema)}.sqlite_master")
+    sql = conn.exec_driver_sql(
+        f"SELECT sql FROM {master} WHERE type = 'index' AND name = ?",  # noqa: S608
+        (str(index.name),),
+    ).scalar_one_or_none()
+    if sql is not None and " WHERE " not in sql.upper():
+        index.drop(conn)
+        index.create(conn)
+
+
 def create_tables(bind: Engine | Connection) -> None:
     """Create the sync tables that do not exist yet.
 
@@ -295,17 +317,20 @@ def create_tables(bind: Engine | Connection) -> None:
     the ``sqla_sync`` revision branch instead, so that later schema changes of
     the library arrive as migrations.  An outbox created before the library
     kept its queue depth by triggers on this database gets them now, counting
-    from the ops already pending.
+    from the ops already pending; on SQLite, an outbox that indexed every op
+    by status indexes only its dead letters from now on.
 
     :param bind: the engine or connection of the application's database.
     """
     if isinstance(bind, Connection):
         metadata.create_all(bind)
         _ensure_counting(bind)
+        _ensure_dead_index(bind)
     else:
         with bind.begin() as conn:
             metadata.create_all(conn)
             _ensure_counting(conn)
+            _ensure_dead_index(conn)
 
 
 def drop_tables(bind: Engine | Connection) -> None:

@@ -6,7 +6,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from sqlalchemy import Engine, delete, insert, select, text, update
+from sqlalchemy import Engine, delete, event, insert, select, text, update
 from sqlalchemy.orm import Session, aliased, sessionmaker
 
 from sqla_sync import (
@@ -24,13 +24,16 @@ from sqla_sync.outbox import (
     bury,
     claim,
     complete,
+    dead_letter_count,
+    dead_letters,
     fold_counters,
+    oldest_pending_age,
     pending_ops,
     queue_depth,
     revive,
 )
 from sqla_sync.tables import counters, counting_ddl, create_tables, outbox
-from tests.conftest import FakeClock, StatementCounter
+from tests.conftest import FakeClock, StatementCounter, make_engine
 from tests.models import Comment, Local, Post, Tenanted
 
 
@@ -557,3 +560,76 @@ def test_create_tables_gives_an_outbox_without_counting_its_triggers(engine: Eng
         conn.execute(delete(outbox).where(outbox.c.row_key == '["a"]'))
     with engine.connect() as conn:
         assert queue_depth(conn) == len(pending_ops(conn)) == 3
+
+
+def _dead_index_sql(engine: Engine) -> str:
+    with engine.connect() as conn:
+        return str(conn.exec_driver_sql(
+            "SELECT sql FROM sqlite_master WHERE name = 'ix_sqla_sync_outbox_status_id'"
+        ).scalar_one())
+
+
+def _plans(engine: Engine, run: Any) -> dict[str, str]:
+    """SQLite's plan of each SELECT that ``run(conn)`` sends, by statement."""
+    plans: dict[str, str] = {}
+    with engine.connect() as conn:
+        def explain(_conn: Any, cursor: Any, statement: str, parameters: Any,
+                    _context: Any, _many: bool) -> None:
+            if statement.startswith("SELECT"):
+                rows = cursor.connection.execute(f"EXPLAIN QUERY PLAN {statement}", parameters)
+                plans[statement] = " / ".join(row[3] for row in rows)
+
+        event.listen(conn, "before_cursor_execute", explain)
+        run(conn)
+    return plans
+
+
+def test_sqlite_indexes_only_dead_letters_by_status(tmp_path: Any) -> None:
+    """On SQLite a commit of new ops writes no page of the (status, id) index:
+    it holds the dead letters alone, pending ops are read in rowid order, and
+    every read of the queue still avoids a sort or a scan of the dead letters."""
+    engine = make_engine("sqlite", tmp_path)
+    create_tables(engine)
+    assert _dead_index_sql(engine).endswith("WHERE status = 'dead'")
+    with engine.begin() as conn:
+        _insert_ops(conn, "a", "b", "c", "d")
+        first = pending_ops(conn)[0].id
+        bury(conn, [{"op_id": first, "attempts": 5, "last_error": "gone"}])
+    plans = _plans(engine, lambda conn: (
+        pending_ops(conn, limit=2), queue_depth(conn), oldest_pending_age(conn, 2.0),
+        dead_letter_count(conn), dead_letters(conn)))
+    assert len(plans) == 5
+    text_of_plans = " | ".join(plans.values())
+    assert "TEMP B-TREE" not in text_of_plans, plans
+    dead_reads = [p for s, p in plans.items() if "= 'dead'" in s]
+    assert len(dead_reads) == 3  # the depth's subtraction, the count, the list
+    assert all("ix_sqla_sync_outbox_status_id" in p for p in dead_reads), plans
+    with engine.connect() as conn:
+        assert [op.row_key for op in pending_ops(conn)] == ['["b"]', '["c"]', '["d"]']
+        assert queue_depth(conn) == 3
+        assert dead_letter_count(conn) == 1
+        assert oldest_pending_age(conn, 2.0) == 1.0
+    engine.dispose()
+
+
+def test_create_tables_keeps_only_dead_letters_in_an_older_sqlite_status_index(
+        tmp_path: Any) -> None:
+    """An SQLite outbox whose (status, id) index held every op (before
+    revision a1f0c0de0003) gets the dead-letter-only one from create_tables,
+    with its counts unchanged."""
+    engine = make_engine("sqlite", tmp_path)
+    create_tables(engine)
+    with engine.begin() as conn:
+        conn.exec_driver_sql("DROP INDEX ix_sqla_sync_outbox_status_id")
+        conn.exec_driver_sql(
+            "CREATE INDEX ix_sqla_sync_outbox_status_id ON sqla_sync_outbox (status, id)")
+        _insert_ops(conn, "a", "b", "c")
+        bury(conn, [{"op_id": pending_ops(conn)[0].id, "attempts": 5, "last_error": "x"}])
+    create_tables(engine)
+    assert _dead_index_sql(engine).endswith("WHERE status = 'dead'")
+    with engine.connect() as conn:
+        assert queue_depth(conn) == len(pending_ops(conn)) == 2
+        assert dead_letter_count(conn) == 1
+    create_tables(engine)  # nothing left to change
+    assert _dead_index_sql(engine).endswith("WHERE status = 'dead'")
+    engine.dispose()

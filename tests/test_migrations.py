@@ -11,7 +11,7 @@ from alembic.migration import MigrationContext
 from sqlalchemy import Engine, delete, inspect, text
 
 from sqla_sync.capture import write_ops
-from sqla_sync.outbox import queue_depth
+from sqla_sync.outbox import bury, dead_letter_count, pending_ops, queue_depth
 from sqla_sync.tables import metadata, outbox
 from tests.conftest import reset_schema
 from tests.models import Base
@@ -67,6 +67,17 @@ def clean(engine: Engine) -> None:
         conn.execute(text("DROP TABLE IF EXISTS alembic_version"))
 
 
+def _status_index_is_partial(engine: Engine) -> bool:
+    """Whether the outbox's (status, id) index holds dead letters only (alembic's
+    comparison does not look at an index's WHERE)."""
+    if engine.dialect.name != "sqlite":
+        return False
+    with engine.connect() as conn:
+        sql = conn.exec_driver_sql("SELECT sql FROM sqlite_master "
+                                   "WHERE name = 'ix_sqla_sync_outbox_status_id'").scalar_one()
+    return str(sql).endswith("WHERE status = 'dead'")
+
+
 def test_upgrade_then_downgrade(engine: Engine, tmp_path: Path) -> None:
     clean(engine)
     cfg = app_alembic(tmp_path)
@@ -83,6 +94,7 @@ def test_upgrade_then_downgrade(engine: Engine, tmp_path: Path) -> None:
         )
         diffs = compare_metadata(context, metadata)
     assert diffs == []
+    assert _status_index_is_partial(engine) == (engine.dialect.name == "sqlite")
     # The migrated outbox keeps its queue depth like a created one (triggers
     # on PostgreSQL and MariaDB).
     with engine.begin() as conn:
@@ -113,16 +125,27 @@ def test_upgrade_counts_the_ops_already_pending(engine: Engine, tmp_path: Path) 
             cfg.attributes["connection"] = conn
             command.upgrade(cfg, "a1f0c0de0001")
             write_ops(conn, [("posts", f'["p{i}"]', "insert", 1, None, 1.0, 1.0)
-                             for i in range(5)])
+                             for i in range(6)])
+            bury(conn, [{"op_id": pending_ops(conn)[-1].id, "attempts": 5, "last_error": "x"}])
         with engine.begin() as conn:
             cfg.attributes["connection"] = conn
             command.upgrade(cfg, "heads")
+        assert _status_index_is_partial(engine) == (engine.dialect.name == "sqlite")
         with engine.begin() as conn:
             assert queue_depth(conn) == 5
+            assert dead_letter_count(conn) == 1
             write_ops(conn, [("posts", '["p9"]', "insert", 1, None, 1.0, 1.0)])
             conn.execute(delete(outbox).where(outbox.c.row_key.in_(['["p0"]', '["p1"]'])))
         with engine.connect() as conn:
             assert queue_depth(conn) == 4
+        # One revision down, SQLite indexes every op by status again.
+        with engine.begin() as conn:
+            cfg.attributes["connection"] = conn
+            command.downgrade(cfg, "a1f0c0de0002")
+        assert not _status_index_is_partial(engine)
+        with engine.connect() as conn:
+            assert queue_depth(conn) == len(pending_ops(conn)) == 4
+            assert dead_letter_count(conn) == 1
     finally:
         with engine.begin() as conn:
             cfg.attributes["connection"] = conn
