@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.config import Config
 from alembic.migration import MigrationContext
-from sqlalchemy import Engine, delete, inspect, text
+from sqlalchemy import Engine, delete, event, inspect, text
 
 from sqla_sync.capture import write_ops
 from sqla_sync.outbox import bury, dead_letter_count, pending_ops, queue_depth
@@ -22,7 +23,8 @@ SYNC_TABLES = {"sqla_sync_outbox", "sqla_sync_counters", "sqla_sync_checkpoints"
 APP_ENV = '''
 from alembic import context
 connection = context.config.attributes["connection"]
-context.configure(connection=connection, target_metadata=None)
+context.configure(connection=connection, target_metadata=None,
+                  version_table_schema=context.config.attributes.get("version_table_schema"))
 with context.begin_transaction():
     context.run_migrations()
 '''
@@ -72,8 +74,10 @@ def _status_index_is_partial(engine: Engine) -> bool:
     comparison does not look at an index's WHERE)."""
     if engine.dialect.name != "sqlite":
         return False
+    schema = engine.get_execution_options().get("schema_translate_map", {}).get(None)
+    master = "sqlite_master" if schema is None else f"{schema}.sqlite_master"
     with engine.connect() as conn:
-        sql = conn.exec_driver_sql("SELECT sql FROM sqlite_master "
+        sql = conn.exec_driver_sql(f"SELECT sql FROM {master} "
                                    "WHERE name = 'ix_sqla_sync_outbox_status_id'").scalar_one()
     return str(sql).endswith("WHERE status = 'dead'")
 
@@ -152,3 +156,83 @@ def test_upgrade_counts_the_ops_already_pending(engine: Engine, tmp_path: Path) 
             command.downgrade(cfg, "sqla_sync@base")
             command.downgrade(cfg, "app@base")
         reset_schema(engine, Base.metadata)
+
+
+def test_migrations_follow_the_connection_s_schema_translate_map(
+        engine: Engine, tmp_path: Path) -> None:
+    """An application whose env.py hands alembic a connection with
+    ``schema_translate_map={None: tenant}`` (a schema per tenant) gets every
+    sync table, trigger and index in the tenant's schema, and the queue depth
+    counts there; the default schema is left alone, up and down."""
+    name = engine.dialect.name
+    if name == "sqlite":  # a schema is an attached database file
+        engine.dispose()
+
+        @event.listens_for(engine, "connect")
+        def attach(dbapi_conn: Any, record: Any) -> None:
+            dbapi_conn.execute(f"ATTACH DATABASE '{tmp_path / 'tenant.db'}' AS {TENANT}")
+    else:
+        with engine.begin() as conn:
+            conn.execute(text(f"DROP {_SCHEMA[name]} IF EXISTS {TENANT}"
+                              + (" CASCADE" if name == "postgresql" else "")))
+            conn.execute(text(f"CREATE {_SCHEMA[name]} {TENANT}"))
+    clean(engine)
+    tenant = engine.execution_options(schema_translate_map={None: TENANT})
+    cfg = app_alembic(tmp_path)
+    # alembic finds its version table through the schema it is told, not the map.
+    cfg.attributes["version_table_schema"] = TENANT
+    try:
+        with tenant.begin() as conn:
+            cfg.attributes["connection"] = conn
+            command.upgrade(cfg, "a1f0c0de0001")
+            _insert_ops(conn, "p0", "p1", "p2")
+        with tenant.begin() as conn:
+            cfg.attributes["connection"] = conn
+            command.upgrade(cfg, "heads")
+        assert SYNC_TABLES <= set(inspect(engine).get_table_names(schema=TENANT))
+        assert not SYNC_TABLES & set(inspect(engine).get_table_names())
+        assert _status_index_is_partial(tenant) == (name == "sqlite")
+        with tenant.begin() as conn:
+            assert queue_depth(conn) == 3
+            _insert_ops(conn, "p3")
+            conn.execute(delete(outbox).where(outbox.c.row_key == '["p0"]'))
+        with tenant.connect() as conn:
+            assert queue_depth(conn) == len(pending_ops(conn)) == 3
+
+        with tenant.begin() as conn:
+            cfg.attributes["connection"] = conn
+            command.downgrade(cfg, "sqla_sync@base")
+        assert not SYNC_TABLES & set(inspect(engine).get_table_names(schema=TENANT))
+        assert not _leftover_counting(engine)
+    finally:
+        with tenant.begin() as conn:
+            metadata.drop_all(conn)
+            for table in ("app_things", "alembic_version"):
+                conn.execute(text(f"DROP TABLE IF EXISTS {TENANT}.{table}"))
+        if name != "sqlite":
+            with engine.begin() as conn:
+                conn.execute(text(f"DROP {_SCHEMA[name]} IF EXISTS {TENANT}"
+                                  + (" CASCADE" if name == "postgresql" else "")))
+        reset_schema(engine, Base.metadata)
+
+
+_SCHEMA = {"postgresql": "SCHEMA", "mysql": "DATABASE", "mariadb": "DATABASE"}
+TENANT = "sqla_sync_tenant"
+
+
+def _insert_ops(conn: Any, *keys: str) -> None:
+    write_ops(conn, [("posts", f'["{k}"]', "insert", 1, None, 1.0, 1.0) for k in keys])
+
+
+def _leftover_counting(engine: Engine) -> list[str]:
+    """Counting triggers or functions left in any schema."""
+    with engine.connect() as conn:
+        if engine.dialect.name == "postgresql":
+            sql = ("SELECT tgname FROM pg_trigger WHERE tgname LIKE 'sqla_sync_%' UNION ALL "
+                   "SELECT proname FROM pg_proc WHERE proname LIKE 'sqla_sync_%'")
+        elif engine.dialect.name == "sqlite":
+            return []
+        else:
+            sql = ("SELECT TRIGGER_NAME FROM information_schema.TRIGGERS "
+                   "WHERE TRIGGER_NAME LIKE 'sqla_sync_%'")
+        return [str(n) for (n,) in conn.execute(text(sql))]

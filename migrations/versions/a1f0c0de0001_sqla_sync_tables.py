@@ -20,29 +20,39 @@ depends_on: str | Sequence[str] | None = None
 _BigId = sa.BigInteger().with_variant(sa.Integer(), "sqlite")
 
 
-def _add(delta: str) -> str:
-    return ("INSERT INTO sqla_sync_counters (slot, pending) "  # noqa: S608 - no input
-            f"VALUES (CONNECTION_ID(), {delta}) "
-            "ON DUPLICATE KEY UPDATE pending = pending + VALUES(pending)")
+def _prefix() -> str:
+    """The quoted schema the tables go to, and a dot, when alembic's connection
+    has a ``schema_translate_map`` for it (raw SQL does not follow the map);
+    else nothing: unqualified names then resolve as the tables' did."""
+    bind = op.get_bind()
+    schema = bind.schema_for_object(sa.Table("sqla_sync_outbox", sa.MetaData()))
+    return "" if schema is None else f"{bind.dialect.identifier_preparer.quote_schema(schema)}."
 
 
 def _counting(dialect: str) -> tuple[list[str], list[str]]:
     """Triggers that keep sqla_sync_counters in step with the pending ops (as
     ``sqla_sync.tables.counting_ddl`` at this revision); only on MySQL/MariaDB."""
     if dialect in ("mysql", "mariadb"):
+        p = _prefix()
+
+        def add(delta: str) -> str:
+            return (f"INSERT INTO {p}sqla_sync_counters (slot, pending) "  # noqa: S608
+                    f"VALUES (CONNECTION_ID(), {delta}) "
+                    "ON DUPLICATE KEY UPDATE pending = pending + VALUES(pending)")
+
         status_delta = "(NEW.status = 'pending') - (OLD.status = 'pending')"
         return [
-            "CREATE TRIGGER sqla_sync_outbox_insert AFTER INSERT ON sqla_sync_outbox "
-            f"FOR EACH ROW IF NEW.status = 'pending' THEN {_add('1')}; END IF",
-            "CREATE TRIGGER sqla_sync_outbox_delete AFTER DELETE ON sqla_sync_outbox "
-            f"FOR EACH ROW IF OLD.status = 'pending' THEN {_add('-1')}; END IF",
-            "CREATE TRIGGER sqla_sync_outbox_status AFTER UPDATE ON sqla_sync_outbox "
+            f"CREATE TRIGGER {p}sqla_sync_outbox_insert AFTER INSERT ON {p}sqla_sync_outbox "
+            f"FOR EACH ROW IF NEW.status = 'pending' THEN {add('1')}; END IF",
+            f"CREATE TRIGGER {p}sqla_sync_outbox_delete AFTER DELETE ON {p}sqla_sync_outbox "
+            f"FOR EACH ROW IF OLD.status = 'pending' THEN {add('-1')}; END IF",
+            f"CREATE TRIGGER {p}sqla_sync_outbox_status AFTER UPDATE ON {p}sqla_sync_outbox "
             "FOR EACH ROW IF NOT (OLD.status <=> NEW.status) THEN "
-            f"{_add(status_delta)}; END IF",
+            f"{add(status_delta)}; END IF",
         ], [
-            "DROP TRIGGER IF EXISTS sqla_sync_outbox_status",
-            "DROP TRIGGER IF EXISTS sqla_sync_outbox_delete",
-            "DROP TRIGGER IF EXISTS sqla_sync_outbox_insert",
+            f"DROP TRIGGER IF EXISTS {p}sqla_sync_outbox_status",
+            f"DROP TRIGGER IF EXISTS {p}sqla_sync_outbox_delete",
+            f"DROP TRIGGER IF EXISTS {p}sqla_sync_outbox_insert",
         ]
     return [], []
 

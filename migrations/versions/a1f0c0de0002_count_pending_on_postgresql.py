@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+import sqlalchemy as sa
 from alembic import op
 
 revision: str = "a1f0c0de0002"
@@ -63,24 +64,28 @@ _DROP = [
 
 
 def _schema() -> str:
-    """The quoted schema unqualified names resolve to now (the outbox's)."""
+    """The quoted schema of the outbox: the one a ``schema_translate_map`` on
+    alembic's connection names (raw SQL does not follow the map), else the
+    one unqualified names resolve to now."""
     bind = op.get_bind()
-    name = bind.exec_driver_sql("SELECT current_schema()").scalar_one()
+    name = bind.schema_for_object(sa.Table("sqla_sync_outbox", sa.MetaData()))
+    if name is None:
+        name = bind.exec_driver_sql("SELECT current_schema()").scalar_one()
     return str(bind.dialect.identifier_preparer.quote_schema(name))
 
 
 def upgrade() -> None:
     if op.get_bind().dialect.name != "postgresql":
         return
-    # Writers wait until the triggers and the starting count are in place.
-    op.execute("LOCK TABLE sqla_sync_outbox IN SHARE ROW EXCLUSIVE MODE")
     schema = _schema()
+    # Writers wait until the triggers and the starting count are in place.
+    op.execute(f"LOCK TABLE {schema}.sqla_sync_outbox IN SHARE ROW EXCLUSIVE MODE")
     for statement in _CREATE:
         op.execute(statement.replace("{s}", schema))
-    op.execute("DELETE FROM sqla_sync_counters")
+    op.execute(f"DELETE FROM {schema}.sqla_sync_counters")  # noqa: S608 - quoted name
     op.execute(
-        "INSERT INTO sqla_sync_counters (slot, pending) "
-        "SELECT 0, count(*) FROM sqla_sync_outbox WHERE status = 'pending'"
+        f"INSERT INTO {schema}.sqla_sync_counters (slot, pending) "  # noqa: S608
+        f"SELECT 0, count(*) FROM {schema}.sqla_sync_outbox WHERE status = 'pending'"
     )
 
 
@@ -90,4 +95,4 @@ def downgrade() -> None:
     schema = _schema()
     for statement in _DROP:
         op.execute(statement.replace("{s}", schema))
-    op.execute("DELETE FROM sqla_sync_counters")
+    op.execute(f"DELETE FROM {schema}.sqla_sync_counters")  # noqa: S608 - quoted name
