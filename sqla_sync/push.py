@@ -154,6 +154,9 @@ class Pusher:
         self._refused_error = ""
         self.emit_later: list[Conflict] = []
         self._soonest: float | None = None
+        # The parent rows each op of the last wave chosen pointed at when
+        # _next_wave chose it; _claim compares them with the rows it claims.
+        self._chosen_parents: dict[int, tuple[RowKey, ...]] = {}
         #: After a push: when the earliest op held for a retry falls due (wall
         #: clock), or None; the scheduler wakes for it.
         self.retry_at: float | None = None
@@ -247,8 +250,10 @@ class Pusher:
 
         The ops are read again first, under the transaction's lock: the
         application may have folded a change into one since it was chosen (an
-        update became a delete, an insert vanished).  An op whose kind changed
-        is left for the next wave to choose again, under the rules for its new kind.
+        update became a delete, an insert vanished, a foreign key now points at
+        another parent).  An op whose kind or parents changed is left for the
+        next wave to choose again, under the rules for what it is now: a new
+        parent's pending insert then goes first.
         """
         now = self.clock()
         with self.db.begin() as conn:
@@ -260,12 +265,24 @@ class Pusher:
             if not wave:
                 return [], {}, {}, {}
             rows = self._read_rows(conn, wave)
+            wave = [op for op in wave if self._same_parents(op, rows)]
+            if not wave:
+                return [], {}, {}, {}
             sent = {op.id: self._infos[op.table_name].encode_row(row)
                     for op in wave if op.op != OP_DELETE
                     and (row := rows.get((op.table_name, op.row_key))) is not None}
             keys = ob.claim(conn, wave, now, sent)
             versions = self._versions(conn, wave)
         return wave, keys, rows, versions
+
+    def _same_parents(self, op: OutboxOp, rows: Mapping[RowKey, dict[str, Any]]) -> bool:
+        """Whether ``op``'s row points at the parents it did when it was chosen."""
+        info = self._infos[op.table_name]
+        if op.op == OP_DELETE or not info.parents:
+            return True  # a delete's parents are in its state, which stays as chosen
+        row = rows.get((op.table_name, op.row_key))
+        now = tuple(self._parents_from(info, row)) if row is not None else ()
+        return now == self._chosen_parents.get(op.id, ())
 
     def _finish(self, outcomes: Sequence[_Outcome], counts: dict[str, dict[str, int]],
                 dead: set[RowKey]) -> bool:
@@ -296,6 +313,7 @@ class Pusher:
         held = 0
         after = 0
         self._soonest = None
+        self._chosen_parents = {}
         with self.db.connect() as conn:
             while len(wave) < self.batch_size:
                 window = ob.pending_ops(conn, limit=self.window, after_id=after)
@@ -327,6 +345,7 @@ class Pusher:
                     referenced.update(parents)
                     if ready and len(wave) < self.batch_size:
                         wave.append(op)
+                        self._chosen_parents[op.id] = tuple(parents)
                     elif op.id not in attempted:
                         held += 1
         return wave, held

@@ -488,6 +488,49 @@ def test_a_change_folded_in_between_choosing_and_claiming_is_not_lost(
         assert "a1" not in rows and rows["a2"]["title"] == "t"
 
 
+def test_a_child_moved_to_a_new_parent_between_choosing_and_claiming_waits_for_it(
+    engine: Engine, server: BackendServer, Sess: sessionmaker[Session], clock: FakeClock,
+    monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The application commits between the moment a wave is chosen and its
+    claim: a chosen child's update now points at a parent created meanwhile.
+    The claim sees the new parent, leaves the child for the next wave, and
+    the parent is created on the server before the child refers to it."""
+    with Sess() as s:
+        s.add(Article(id="p1", title="old parent"))
+        s.flush()
+        s.add(Remark(id="c", article_id="p1", content="child"))
+        s.commit()
+    with make_engine(engine, server, clock) as sync:
+        assert sync.push().pushed == 2
+        with Sess() as s:
+            s.get(Remark, "c").content = "edited"  # type: ignore[union-attr]
+            s.commit()
+        chosen = Pusher._next_wave
+        moved = []
+
+        def next_wave(self: Pusher, *args: Any) -> Any:
+            wave, held = chosen(self, *args)
+            if not moved and [op.row_key for op in wave] == ['["c"]']:
+                with Sess() as s:
+                    s.add(Article(id="p2", title="new parent"))
+                    s.flush()
+                    s.get(Remark, "c").article_id = "p2"  # type: ignore[union-attr]
+                    s.commit()
+                moved.append(True)
+            return wave, held
+
+        monkeypatch.setattr(Pusher, "_next_wave", next_wave)
+        result = sync.push()
+        assert (result.pushed, result.dead_lettered) == (2, 0)
+        assert sync.queue_depth() == 0
+    assert moved == [True]
+    later = [(r["method"], r["resource"]) for r in api_requests(server)][2:]
+    assert later == [("POST", "posts"), ("PUT", "comments")]
+    child = server_rows(server, "comments")["c"]
+    assert (child["postId"], child["content"]) == ("p2", "edited")
+
+
 def test_the_environment_is_read_once_for_base_url(
     engine: Engine, server: BackendServer, Sess: sessionmaker[Session], clock: FakeClock,
     monkeypatch: pytest.MonkeyPatch
