@@ -1,7 +1,7 @@
 """How the outbox read side scales: queue depth, oldest age and the next ops, with 1M pending.
 
 Creates the sync tables, bulk-loads 1,000,000 pending ops (plus 100 dead
-letters, which must not count), then times :func:`~sqla_sync.outbox.queue_depth`,
+letters ahead of them, which must not count; ``--dead`` sets how many), then times :func:`~sqla_sync.outbox.queue_depth`,
 :func:`~sqla_sync.outbox.oldest_pending_age` and
 :func:`~sqla_sync.outbox.pending_ops` (limit 100): median of 7 calls each.
 
@@ -97,7 +97,7 @@ def op_rows(start: int, stop: int, status: str, first_at: float) -> list[dict[st
     return rows
 
 
-def load(engine: Engine, pending: int, now: float, vacuum: bool) -> float:
+def load(engine: Engine, pending: int, now: float, vacuum: bool, dead: int = DEAD) -> float:
     """Bulk-load the ops with Core executemany; returns the seconds it took.
 
     On PostgreSQL the executemany asks for the ids back, so that SQLAlchemy
@@ -111,7 +111,9 @@ def load(engine: Engine, pending: int, now: float, vacuum: bool) -> float:
     first_at = now - pending * 0.001
     with engine.begin() as conn:
         # Dead letters first (lower ids, older): reads must skip them, not stop at them.
-        conn.execute(stmt, op_rows(0, DEAD, "dead", first_at - 3600.0))
+        for start in range(0, dead, CHUNK):
+            conn.execute(stmt, op_rows(start, min(start + CHUNK, dead), "dead",
+                                       first_at - 3600.0))
         for start in range(0, pending, CHUNK):
             conn.execute(stmt, op_rows(start, min(start + CHUNK, pending), "pending", first_at))
     with engine.connect() as conn:
@@ -171,12 +173,13 @@ def median_ms(conn: Connection, call: Callable[[], object]) -> float:
     return statistics.median(times)
 
 
-def run(url: str, schema: str, pending: int, vacuum: bool, show_plan: bool) -> bool:
+def run(url: str, schema: str, pending: int, vacuum: bool, show_plan: bool,
+        dead: int = DEAD) -> bool:
     now = time.time()
     with bench_engine(url, schema) as engine:
         label = "mariadb" if _is_mariadb(engine.dialect) else engine.dialect.name
-        seconds = load(engine, pending, now, vacuum)
-        print(f"[{label}] loaded {pending:,} pending + {DEAD} dead ops in {seconds:.1f} s")
+        seconds = load(engine, pending, now, vacuum, dead)
+        print(f"[{label}] loaded {pending:,} pending + {dead:,} dead ops in {seconds:.1f} s")
         with engine.connect() as conn:
             # Right answers first: a fast wrong count is worth nothing.
             assert queue_depth(conn) == pending, queue_depth(conn)
@@ -216,10 +219,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--vacuum", action="store_true", help="PostgreSQL: VACUUM ANALYZE after the load"
     )
     parser.add_argument("--explain", action="store_true", help="print queue_depth's plan")
+    parser.add_argument("--dead", type=int, default=DEAD,
+                        help="dead letters, loaded ahead of the pending ops (older, lower ids)")
     args = parser.parse_args(argv)
     ok = True
     for url in args.url or ["sqlite"]:
-        ok &= run(url, args.schema, args.rows, args.vacuum, args.explain)
+        ok &= run(url, args.schema, args.rows, args.vacuum, args.explain, args.dead)
     print(f"goal: every read < {GOAL_MS:.0f} ms: {'PASS' if ok else 'FAIL'}")
     return 0 if ok else 1
 
