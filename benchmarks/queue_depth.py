@@ -1,7 +1,8 @@
 """How the outbox read side scales: queue depth, oldest age and the next ops, with 1M pending.
 
 Creates the sync tables, bulk-loads 1,000,000 pending ops (plus 100 dead
-letters ahead of them, which must not count; ``--dead`` sets how many), then times :func:`~sqla_sync.outbox.queue_depth`,
+letters ahead of them, which must not count; ``--dead`` sets how many),
+then times :func:`~sqla_sync.outbox.queue_depth`,
 :func:`~sqla_sync.outbox.oldest_pending_age` and
 :func:`~sqla_sync.outbox.pending_ops` (limit 100): median of 7 calls each.
 
