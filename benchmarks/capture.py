@@ -398,6 +398,9 @@ def benchmark(
                 f"{med['yardstick'] * k:.3f} {unit}, median of {reps})",
                 flush=True,
             )
+    if clock_name == "io":
+        print("goal: none for bytes written (the goals are about time)")
+        return True
     verdict = "PASS" if passed else "FAIL"
     print(f"goal: tracked <= {GOAL_RATIO:.2f}x plain and <= yardstick in every scenario: {verdict}")
     return passed
@@ -586,7 +589,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--profile", choices=[s.name for s in SCENARIOS], help="cProfile one scenario"
     )
     parser.add_argument(
-        "--clock", choices=sorted(CLOCKS), default="wall", help="wall time, process CPU time or bytes written"
+        "--clock", choices=sorted(CLOCKS), default="wall",
+        help="wall time, process CPU time or bytes written",
     )
     parser.add_argument(
         "--scenario",

@@ -146,7 +146,9 @@ def explain(conn: Connection) -> str:
     count of the outbox on SQLite, the sum of the counter rows elsewhere."""
     name = conn.dialect.name
     if name == "sqlite":
-        sql = f"SELECT count(*) FROM {_qualified(conn)} WHERE status <> 'pending'"
+        table = _qualified(conn)
+        sql = (f"SELECT (SELECT count(*) FROM {table}) - "
+               f"(SELECT count(*) FROM {table} WHERE status = 'dead')")
     else:
         sql = f"SELECT sum(pending) FROM {_qualified(conn, counters)}"
     if name == "sqlite":

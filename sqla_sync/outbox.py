@@ -20,10 +20,10 @@ from sqlalchemy.dialects import mysql, postgresql
 from sqlalchemy.engine import Connection, Row
 
 from .codec import dumps, loads
-from .tables import STATUS_DEAD, STATUS_PENDING, counters, outbox
+from .tables import OP_INSERT, STATUS_DEAD, STATUS_PENDING, counters, outbox
 
-#: Dead letters, with the status as a literal: SQLite uses a partial index
-#: only for a query whose WHERE names the index's own condition.
+#: Dead letters: the condition of SQLite's partial ``(status, id)`` index,
+#: word for word, so that its plan never depends on a bound value.
 _DEAD = outbox.c.status == literal_column(f"'{STATUS_DEAD}'")
 
 __all__ = [
@@ -40,6 +40,7 @@ __all__ = [
     "fold_counters",
     "oldest_pending_age",
     "ops_for_row",
+    "pending_inserts",
     "pending_masks",
     "pending_ops",
     "queue_depth",
@@ -115,6 +116,26 @@ def pending_ops(
     if limit is not None:
         stmt = stmt.limit(limit)
     return [OutboxOp.from_row(row) for row in conn.execute(stmt)]
+
+
+def pending_inserts(conn: Connection, rows: Iterable[tuple[str, str]]) -> set[tuple[str, str]]:
+    """Which of ``rows`` ((table, row key) pairs) have a pending insert, wherever
+    it stands in the queue: push holds their children back until it is sent."""
+    by_table: dict[str, list[str]] = {}
+    for table_name, key in rows:
+        by_table.setdefault(table_name, []).append(key)
+    found: set[tuple[str, str]] = set()
+    for table_name, keys in by_table.items():
+        wanted = list(dict.fromkeys(keys))
+        for start in range(0, len(wanted), 500):
+            stmt = select(outbox.c.row_key).where(
+                outbox.c.table_name == table_name,
+                outbox.c.row_key.in_(wanted[start : start + 500]),
+                outbox.c.op == OP_INSERT,
+                outbox.c.status == STATUS_PENDING,
+            )
+            found.update((table_name, key) for (key,) in conn.execute(stmt))
+    return found
 
 
 def ops_for_row(conn: Connection, table_name: str, row_key: str) -> Sequence[OutboxOp]:

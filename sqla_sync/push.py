@@ -322,8 +322,12 @@ class Pusher:
                 after = window[-1].id
                 parents_of = self._parent_keys(conn, window)
                 # A parent's pending insert holds its children back even when
-                # it was captured after them (rows of one table, one flush).
+                # it was captured after them (rows of one table, one flush;
+                # a child moved to a new parent), in this window or beyond it.
                 creating = {(op.table_name, op.row_key) for op in window if op.op == OP_INSERT}
+                beyond = {p for ps in parents_of.values() for p in ps} - creating - blocked
+                if beyond:
+                    creating |= ob.pending_inserts(conn, beyond)
                 for op in window:
                     row = (op.table_name, op.row_key)
                     parents = parents_of.get(op.id, ())

@@ -294,7 +294,9 @@ def _ensure_counting(conn: Connection) -> None:
 
 def _ensure_dead_index(conn: Connection) -> None:
     """SQLite: make an outbox's ``(status, id)`` index, created by a version
-    of the library that indexed every op by status, hold only dead letters."""
+    of the library that indexed every op by status, hold only dead letters;
+    create it when it is missing (a rebuild cut short: pysqlite commits the
+    DROP INDEX on its own)."""
     if conn.dialect.name != "sqlite":
         return
     index = next(i for i in outbox.indexes if [c.name for c in i.columns] == ["status", "id"])
@@ -305,7 +307,9 @@ def _ensure_dead_index(conn: Connection) -> None:
         f"SELECT sql FROM {master} WHERE type = 'index' AND name = ?",  # noqa: S608
         (str(index.name),),
     ).scalar_one_or_none()
-    if sql is not None and " WHERE " not in sql.upper():
+    if sql is None:
+        index.create(conn)
+    elif " WHERE " not in sql.upper():
         index.drop(conn)
         index.create(conn)
 

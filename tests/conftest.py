@@ -9,13 +9,14 @@ so a green CI always means three databases.  URLs come from
 from __future__ import annotations
 
 import os
+import re
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import Engine, create_engine, event, text
+from sqlalchemy import Engine, create_engine, event, make_url, text
 from sqlalchemy.exc import SAWarning
 
 from sqla_sync.tables import metadata as sync_metadata
@@ -28,6 +29,10 @@ POSTGRES_URL = os.environ.get(
 MARIADB_URL = os.environ.get(
     "SQLA_SYNC_TEST_MARIADB_URL", "mysql+pymysql://root@127.0.0.1:3306/test"
 )
+#: The schema of a second tenant in schema tests.  On MariaDB a schema is a
+#: database, which is server-wide: named after the test database, so that runs
+#: against two test databases of one server never drop each other's tenant.
+TENANT = "sqla_sync_tenant_" + re.sub(r"\W", "_", make_url(MARIADB_URL).database or "")
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 
 DIALECTS = ["sqlite", "postgresql", "mariadb"]

@@ -586,8 +586,9 @@ def _plans(engine: Engine, run: Any) -> dict[str, str]:
 
 def test_sqlite_indexes_only_dead_letters_by_status(tmp_path: Any) -> None:
     """On SQLite a commit of new ops writes no page of the (status, id) index:
-    it holds the dead letters alone, pending ops are read in rowid order, and
-    every read of the queue still avoids a sort or a scan of the dead letters."""
+    it holds the dead letters alone, which the dead-letter reads use; pending
+    ops are read in rowid order (stepping over older dead letters), and no
+    read of the queue sorts."""
     engine = make_engine("sqlite", tmp_path)
     create_tables(engine)
     assert _dead_index_sql(engine).endswith("WHERE status = 'dead'")
@@ -604,6 +605,10 @@ def test_sqlite_indexes_only_dead_letters_by_status(tmp_path: Any) -> None:
     dead_reads = [p for s, p in plans.items() if "= 'dead'" in s]
     assert len(dead_reads) == 3  # the depth's subtraction, the count, the list
     assert all("ix_sqla_sync_outbox_status_id" in p for p in dead_reads), plans
+    ordered = [p for s, p in plans.items() if "ORDER BY sqla_sync_outbox.id" in s
+               and "= 'dead'" not in s]
+    assert len(ordered) == 2  # the next ops, the oldest age: walk the rowid in order
+    assert all("ix_sqla_sync_outbox_status_id" not in p for p in ordered), plans
     with engine.connect() as conn:
         assert [op.row_key for op in pending_ops(conn)] == ['["b"]', '["c"]', '["d"]']
         assert queue_depth(conn) == 3
@@ -631,5 +636,10 @@ def test_create_tables_keeps_only_dead_letters_in_an_older_sqlite_status_index(
         assert queue_depth(conn) == len(pending_ops(conn)) == 2
         assert dead_letter_count(conn) == 1
     create_tables(engine)  # nothing left to change
+    assert _dead_index_sql(engine).endswith("WHERE status = 'dead'")
+    # A rebuild cut short after the DROP INDEX (pysqlite commits it alone).
+    with engine.begin() as conn:
+        conn.exec_driver_sql("DROP INDEX ix_sqla_sync_outbox_status_id")
+    create_tables(engine)
     assert _dead_index_sql(engine).endswith("WHERE status = 'dead'")
     engine.dispose()

@@ -14,7 +14,7 @@ from sqlalchemy import Engine, delete, event, inspect, text
 from sqla_sync.capture import write_ops
 from sqla_sync.outbox import bury, dead_letter_count, pending_ops, queue_depth
 from sqla_sync.tables import metadata, outbox
-from tests.conftest import reset_schema
+from tests.conftest import TENANT, reset_schema
 from tests.models import Base
 
 SYNC_TABLES = {"sqla_sync_outbox", "sqla_sync_counters", "sqla_sync_checkpoints",
@@ -217,7 +217,6 @@ def test_migrations_follow_the_connection_s_schema_translate_map(
 
 
 _SCHEMA = {"postgresql": "SCHEMA", "mysql": "DATABASE", "mariadb": "DATABASE"}
-TENANT = "sqla_sync_tenant"
 
 
 def _insert_ops(conn: Any, *keys: str) -> None:
@@ -225,14 +224,18 @@ def _insert_ops(conn: Any, *keys: str) -> None:
 
 
 def _leftover_counting(engine: Engine) -> list[str]:
-    """Counting triggers or functions left in any schema."""
+    """Counting triggers or functions left in the tenant's schema."""
     with engine.connect() as conn:
         if engine.dialect.name == "postgresql":
-            sql = ("SELECT tgname FROM pg_trigger WHERE tgname LIKE 'sqla_sync_%' UNION ALL "
-                   "SELECT proname FROM pg_proc WHERE proname LIKE 'sqla_sync_%'")
+            sql = ("SELECT t.tgname FROM pg_trigger t JOIN pg_class c ON c.oid = t.tgrelid "
+                   "JOIN pg_namespace n ON n.oid = c.relnamespace "
+                   "WHERE n.nspname = :schema AND t.tgname LIKE 'sqla_sync_%' UNION ALL "
+                   "SELECT p.proname FROM pg_proc p JOIN pg_namespace n "
+                   "ON n.oid = p.pronamespace WHERE n.nspname = :schema "
+                   "AND p.proname LIKE 'sqla_sync_%'")
         elif engine.dialect.name == "sqlite":
             return []
         else:
             sql = ("SELECT TRIGGER_NAME FROM information_schema.TRIGGERS "
-                   "WHERE TRIGGER_NAME LIKE 'sqla_sync_%'")
-        return [str(n) for (n,) in conn.execute(text(sql))]
+                   "WHERE TRIGGER_SCHEMA = :schema AND TRIGGER_NAME LIKE 'sqla_sync_%'")
+        return [str(n) for (n,) in conn.execute(text(sql), {"schema": TENANT})]

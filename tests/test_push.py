@@ -531,6 +531,39 @@ def test_a_child_moved_to_a_new_parent_between_choosing_and_claiming_waits_for_i
     assert (child["postId"], child["content"]) == ("p2", "edited")
 
 
+def test_a_child_waits_for_a_new_parent_queued_beyond_the_window(
+    engine: Engine, server: BackendServer, Sess: sessionmaker[Session], clock: FakeClock
+) -> None:
+    """A child's pending update, re-pointed at a parent created later, waits
+    for that parent's insert even when the insert stands beyond the window of
+    ops a wave is chosen from (500 by default; 2 here, instead of queueing 500
+    other ops in between)."""
+    with Sess() as s:
+        s.add(Article(id="p1", title="old parent"))
+        s.flush()
+        s.add(Remark(id="c", article_id="p1", content="child"))
+        s.commit()
+    with make_engine(engine, server, clock,
+                     sync=Schedule(push_batch_size=2, push_concurrency=1)) as sync:
+        assert sync.push().pushed == 2
+        with Sess() as s:
+            s.get(Remark, "c").content = "edited"  # type: ignore[union-attr]
+            s.commit()
+            s.add_all([Article(id=f"a{i}", title="other") for i in range(4)])
+            s.commit()
+            s.add(Article(id="p2", title="new parent"))
+            s.flush()
+            s.get(Remark, "c").article_id = "p2"  # type: ignore[union-attr]
+            s.commit()
+        sync._pusher.window = 2
+        result = sync.push()
+        assert (result.pushed, result.dead_lettered) == (6, 0)
+        assert sync.queue_depth() == 0
+    later = [(r["method"], r["resource"], r["body"]["id"]) for r in api_requests(server)][2:]
+    assert later.index(("POST", "posts", "p2")) < later.index(("PUT", "comments", "c"))
+    assert server_rows(server, "comments")["c"]["postId"] == "p2"
+
+
 def test_the_environment_is_read_once_for_base_url(
     engine: Engine, server: BackendServer, Sess: sessionmaker[Session], clock: FakeClock,
     monkeypatch: pytest.MonkeyPatch

@@ -18,11 +18,10 @@ from sqla_sync.outbox import pending_ops, queue_depth
 from sqla_sync.tables import metadata as sync_metadata
 from sqla_sync.tables import outbox, shadow
 from sqla_sync.capture import write_ops
-from tests.conftest import make_engine, reset_schema
+from tests.conftest import TENANT, make_engine, reset_schema
 from tests.models import Article, Base
 from tests.test_engine import routes
 
-TENANT = "sqla_sync_tenant"
 
 
 @pytest.fixture

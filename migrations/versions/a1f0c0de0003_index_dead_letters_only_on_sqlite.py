@@ -29,7 +29,9 @@ _NAME = "ix_sqla_sync_outbox_status_id"
 def upgrade() -> None:
     if op.get_bind().dialect.name != "sqlite":
         return
-    op.drop_index(_NAME, table_name="sqla_sync_outbox")
+    # IF EXISTS: a run cut short after the DROP (which pysqlite commits on its
+    # own) can be run again.
+    op.drop_index(_NAME, table_name="sqla_sync_outbox", if_exists=True)
     op.create_index(_NAME, "sqla_sync_outbox", ["status", "id"],
                     sqlite_where=sa.text("status = 'dead'"))
 
@@ -37,5 +39,5 @@ def upgrade() -> None:
 def downgrade() -> None:
     if op.get_bind().dialect.name != "sqlite":
         return
-    op.drop_index(_NAME, table_name="sqla_sync_outbox")
+    op.drop_index(_NAME, table_name="sqla_sync_outbox", if_exists=True)
     op.create_index(_NAME, "sqla_sync_outbox", ["status", "id"])
