@@ -80,6 +80,36 @@ def reset_schema(engine: Engine, *metadatas: Any) -> None:
             md.create_all(conn)
 
 
+def create_tenant(engine: Engine, tmp_path: Path) -> Engine:
+    """A fresh empty schema :data:`TENANT` next to ``engine``'s default one
+    (on SQLite an attached database file, attached to every new connection),
+    and ``engine`` with ``schema_translate_map={None: TENANT}``."""
+    name = engine.dialect.name
+    if name == "sqlite":
+        engine.dispose()
+
+        @event.listens_for(engine, "connect")
+        def attach(dbapi_conn: Any, record: Any) -> None:
+            dbapi_conn.execute(f"ATTACH DATABASE '{tmp_path / 'tenant.db'}' AS {TENANT}")
+    else:
+        drop_tenant(engine)  # left by an interrupted run
+        with engine.begin() as conn:
+            conn.execute(text(f"CREATE {_SCHEMA_WORD[name]} {TENANT}"))
+    return engine.execution_options(schema_translate_map={None: TENANT})
+
+
+def drop_tenant(engine: Engine) -> None:
+    """Drop the schema :func:`create_tenant` made, with everything in it."""
+    name = engine.dialect.name
+    if name != "sqlite":
+        with engine.begin() as conn:
+            conn.execute(text(f"DROP {_SCHEMA_WORD[name]} IF EXISTS {TENANT}"
+                              + (" CASCADE" if name == "postgresql" else "")))
+
+
+_SCHEMA_WORD = {"postgresql": "SCHEMA", "mysql": "DATABASE", "mariadb": "DATABASE"}
+
+
 @pytest.fixture(params=DIALECTS)
 def dialect(request: pytest.FixtureRequest) -> str:
     """The name of the database the test runs on."""

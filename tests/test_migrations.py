@@ -9,12 +9,12 @@ from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.config import Config
 from alembic.migration import MigrationContext
-from sqlalchemy import Engine, delete, event, inspect, text
+from sqlalchemy import Engine, delete, inspect, text
 
 from sqla_sync.capture import write_ops
 from sqla_sync.outbox import bury, dead_letter_count, pending_ops, queue_depth
 from sqla_sync.tables import metadata, outbox
-from tests.conftest import TENANT, reset_schema
+from tests.conftest import TENANT, create_tenant, drop_tenant, reset_schema
 from tests.models import Base
 
 SYNC_TABLES = {"sqla_sync_outbox", "sqla_sync_counters", "sqla_sync_checkpoints",
@@ -165,19 +165,8 @@ def test_migrations_follow_the_connection_s_schema_translate_map(
     sync table, trigger and index in the tenant's schema, and the queue depth
     counts there; the default schema is left alone, up and down."""
     name = engine.dialect.name
-    if name == "sqlite":  # a schema is an attached database file
-        engine.dispose()
-
-        @event.listens_for(engine, "connect")
-        def attach(dbapi_conn: Any, record: Any) -> None:
-            dbapi_conn.execute(f"ATTACH DATABASE '{tmp_path / 'tenant.db'}' AS {TENANT}")
-    else:
-        with engine.begin() as conn:
-            conn.execute(text(f"DROP {_SCHEMA[name]} IF EXISTS {TENANT}"
-                              + (" CASCADE" if name == "postgresql" else "")))
-            conn.execute(text(f"CREATE {_SCHEMA[name]} {TENANT}"))
+    tenant = create_tenant(engine, tmp_path)
     clean(engine)
-    tenant = engine.execution_options(schema_translate_map={None: TENANT})
     cfg = app_alembic(tmp_path)
     # alembic finds its version table through the schema it is told, not the map.
     cfg.attributes["version_table_schema"] = TENANT
@@ -209,14 +198,8 @@ def test_migrations_follow_the_connection_s_schema_translate_map(
             metadata.drop_all(conn)
             for table in ("app_things", "alembic_version"):
                 conn.execute(text(f"DROP TABLE IF EXISTS {TENANT}.{table}"))
-        if name != "sqlite":
-            with engine.begin() as conn:
-                conn.execute(text(f"DROP {_SCHEMA[name]} IF EXISTS {TENANT}"
-                                  + (" CASCADE" if name == "postgresql" else "")))
+        drop_tenant(engine)
         reset_schema(engine, Base.metadata)
-
-
-_SCHEMA = {"postgresql": "SCHEMA", "mysql": "DATABASE", "mariadb": "DATABASE"}
 
 
 def _insert_ops(conn: Any, *keys: str) -> None:

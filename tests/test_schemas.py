@@ -9,46 +9,31 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import Engine, delete, event, insert, select, text, update
+from sqlalchemy import Engine, delete, insert, select, text, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from examples.server.run import BackendServer
 from sqla_sync import Schedule, SyncConfig, start_sync, track, untrack
+from sqla_sync.capture import write_ops
 from sqla_sync.outbox import pending_ops, queue_depth
 from sqla_sync.tables import metadata as sync_metadata
 from sqla_sync.tables import outbox, shadow
-from sqla_sync.capture import write_ops
-from tests.conftest import TENANT, make_engine, reset_schema
+from tests.conftest import TENANT, create_tenant, drop_tenant, make_engine, reset_schema
 from tests.models import Article, Base
 from tests.test_engine import routes
-
 
 
 @pytest.fixture
 def tenant(engine: Engine, tmp_path: Path) -> Iterator[Engine]:
     """``engine`` with ``schema_translate_map={None: TENANT}``; the test models
     and the sync tables exist in both the default schema and the tenant's."""
-    name = engine.dialect.name
-    if name == "sqlite":  # a schema is an attached database file
-        engine.dispose()
-
-        @event.listens_for(engine, "connect")
-        def attach(dbapi_conn: Any, record: Any) -> None:
-            dbapi_conn.execute(f"ATTACH DATABASE '{tmp_path / 'tenant.db'}' AS {TENANT}")
-    else:
-        keyword = "SCHEMA" if name == "postgresql" else "DATABASE"
-        with engine.begin() as conn:
-            conn.execute(text(f"CREATE {keyword} IF NOT EXISTS {TENANT}"))
-    mapped = engine.execution_options(schema_translate_map={None: TENANT})
+    mapped = create_tenant(engine, tmp_path)
     reset_schema(mapped, Base.metadata)
     yield mapped
     with mapped.begin() as conn:
         Base.metadata.drop_all(conn)
         sync_metadata.drop_all(conn)
-    if name != "sqlite":
-        with engine.begin() as conn:
-            conn.execute(text(f"DROP {keyword} IF EXISTS {TENANT} CASCADE"
-                              if name == "postgresql" else f"DROP DATABASE IF EXISTS {TENANT}"))
+    drop_tenant(engine)
 
 
 def rows_of(engine: Engine, table: Any) -> list[Any]:
